@@ -74,10 +74,11 @@ class CrmError(SyncError):
 class TransportError(CrmError):
     """The HTTP call did not complete. ``maybe_sent``: the CRM may have received and applied it."""
 
-    def __init__(self, url: str, reason: str, *, maybe_sent: bool) -> None:
+    def __init__(self, url: str, reason: str, *, maybe_sent: bool, retryable: bool = True) -> None:
         self.url = url
         self.reason = reason
         self.maybe_sent = maybe_sent
+        self.retryable = retryable
         super().__init__(f"{reason} ({url})")
 
 

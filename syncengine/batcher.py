@@ -1,0 +1,210 @@
+"""Keyed batching: changes in, payloads of at most 100 records out.
+
+The invariants (DESIGN §2, promise 2) live here:
+- a key (module, parent, record key) is never in two payloads in flight at once: a change whose key is
+  in flight, or queued behind one, waits until the worker reports that payload ``done``;
+- changes to one key apply in source order: they coalesce into one record when they meet in the same
+  open bucket (fields merged, later wins), and otherwise wait their turn;
+- memory is bounded: ``put`` waits while ``max_buffered`` changes are held (open, waiting or ready).
+
+Workers pull with ``get``; there is no separate timer task, ``get`` itself seals buckets whose linger
+has run out.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+
+from syncengine.model import JSON, Change, Payload, PayloadItem, Target
+
+__all__ = ["Batcher"]
+
+OrderKey = tuple[str, str | None, str]
+Endpoint = tuple[str, Target, str | None]  # (stream, target, parent): one HTTP call's worth
+
+
+@dataclass(slots=True)
+class _Item:
+    key: str
+    fields: dict[str, JSON]
+    changes: list[Change]
+
+
+@dataclass(slots=True)
+class _Bucket:
+    endpoint: Endpoint
+    max_items: int
+    deadline: float
+    items: dict[OrderKey, _Item] = field(default_factory=dict)
+    changes: int = 0
+
+
+class Batcher:
+    """Groups changes into payloads; see the module docstring for the invariants."""
+
+    def __init__(self, *, max_buffered: int = 10_000, clock: Callable[[], float] = anyio.current_time) -> None:
+        self._max_buffered = max_buffered
+        self._clock = clock
+        self._buckets: dict[Endpoint, _Bucket] = {}
+        self._open: dict[OrderKey, _Bucket] = {}  # key -> the open bucket holding it
+        self._in_flight: set[OrderKey] = set()
+        self._waiting: dict[OrderKey, deque[tuple[Change, int, float]]] = {}
+        self._ready: deque[Payload] = deque()
+        self._buffered = 0
+        self._inputs = 0
+        self._halted: set[str] = set()
+        self._changed = anyio.Event()
+
+    # -- inputs -----------------------------------------------------------------------------------
+
+    def open_input(self) -> None:
+        """A reader starts; ``get`` ends only after every opened input has closed."""
+        self._inputs += 1
+
+    def close_input(self) -> None:
+        self._inputs -= 1
+        self._notify()
+
+    async def put(self, change: Change, *, max_items: int, linger: float) -> bool:
+        """Hand over one change; False (and nothing held) when its stream has been halted."""
+        while self._buffered >= self._max_buffered:
+            if not self._ready:
+                self._seal_all()  # full of partial buckets: send them rather than wait for linger
+            await self._wait()
+        if change.stream in self._halted:
+            return False
+        self._buffered += 1
+        self._admit(change, max_items, linger)
+        self._notify()
+        return True
+
+    # -- outputs ----------------------------------------------------------------------------------
+
+    async def get(self) -> Payload | None:
+        """The next payload to send, or None when every input is closed and nothing is left."""
+        while True:
+            if self._ready:
+                payload = self._ready.popleft()
+                self._buffered -= sum(len(item.changes) for item in payload.items)
+                self._notify()
+                return payload
+            if self._inputs == 0:
+                if not self._buckets and not self._waiting:
+                    return None
+                self._seal_all()
+                if self._ready:
+                    continue
+                await self._wait()  # only waiting changes are left: their keys are in flight
+                continue
+            now = self._clock()
+            due = [b for b in self._buckets.values() if b.deadline <= now]
+            for bucket in due:
+                self._seal(bucket)
+            if self._ready:
+                continue
+            deadline = min((b.deadline for b in self._buckets.values()), default=None)
+            with anyio.move_on_after(None if deadline is None else max(0.0, deadline - now)):
+                await self._wait()
+
+    def done(self, payload: Payload) -> None:
+        """The worker is finished with ``payload``: its keys are free for the changes waiting on them."""
+        self._release(payload)
+        self._notify()
+
+    def _release(self, payload: Payload) -> None:
+        for item in payload.items:
+            key = item.changes[0].order_key
+            self._in_flight.discard(key)
+            queued = self._waiting.pop(key, None)
+            while queued:
+                change, max_items, linger = queued.popleft()
+                self._admit(change, max_items, linger)
+
+    def halt(self, stream: str) -> list[Change]:
+        """Stop a stream: take back every change of it that is held and not in flight."""
+        self._halted.add(stream)
+        dropped: list[Change] = []
+        for endpoint, bucket in list(self._buckets.items()):
+            if endpoint[0] == stream:
+                del self._buckets[endpoint]
+                for key, item in bucket.items.items():
+                    del self._open[key]
+                    dropped.extend(item.changes)
+        for key, queued in list(self._waiting.items()):
+            mine = [entry for entry in queued if entry[0].stream == stream]
+            if mine:
+                dropped.extend(entry[0] for entry in mine)
+                rest = deque(entry for entry in queued if entry[0].stream != stream)
+                if rest:
+                    self._waiting[key] = rest
+                else:
+                    del self._waiting[key]
+        kept: deque[Payload] = deque()
+        unsent: list[Payload] = []
+        for payload in self._ready:
+            (unsent if payload.items[0].changes[0].stream == stream else kept).append(payload)
+        self._ready = kept
+        for payload in unsent:
+            dropped.extend(payload.changes)
+            self._buffered -= len(payload.changes)
+            self._release(payload)
+        self._buffered -= len(dropped) - sum(len(p.changes) for p in unsent)
+        self._notify()
+        return dropped
+
+    @property
+    def buffered(self) -> int:
+        return self._buffered
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _admit(self, change: Change, max_items: int, linger: float) -> None:
+        key = change.order_key
+        if key in self._in_flight or key in self._waiting:
+            self._waiting.setdefault(key, deque()).append((change, max_items, linger))
+            return
+        endpoint: Endpoint = (change.stream, change.target, change.parent)
+        holder = self._open.get(key)
+        if holder is not None:
+            if holder.endpoint == endpoint:
+                item = holder.items[key]
+                item.fields.update(change.fields)
+                item.changes.append(change)
+                holder.changes += 1
+            else:
+                self._waiting.setdefault(key, deque()).append((change, max_items, linger))
+            return
+        bucket = self._buckets.get(endpoint)
+        if bucket is None:
+            bucket = _Bucket(endpoint=endpoint, max_items=max_items, deadline=self._clock() + linger)
+            self._buckets[endpoint] = bucket
+        bucket.items[key] = _Item(key=change.key, fields=dict(change.fields), changes=[change])
+        bucket.changes += 1
+        self._open[key] = bucket
+        if len(bucket.items) >= bucket.max_items:
+            self._seal(bucket)
+
+    def _seal(self, bucket: _Bucket) -> None:
+        del self._buckets[bucket.endpoint]
+        items = []
+        for key, item in bucket.items.items():
+            del self._open[key]
+            self._in_flight.add(key)
+            items.append(PayloadItem(key=item.key, fields=item.fields, changes=tuple(item.changes)))
+        _, target, parent = bucket.endpoint
+        self._ready.append(Payload(target=target, parent=parent, items=tuple(items)))
+
+    def _seal_all(self) -> None:
+        for bucket in list(self._buckets.values()):
+            self._seal(bucket)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _wait(self) -> None:
+        await self._changed.wait()

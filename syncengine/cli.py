@@ -1,0 +1,203 @@
+"""The command line: the only place that reads argv and the environment, and configures logging.
+
+Exit codes: 0 every change SUCCESS (or skipped), 1 some changes not SUCCESS, 2 usage or config error,
+130 interrupted (the run is resumable).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import click
+from rich.console import Console
+
+from syncengine.config import Config, load_config, load_secrets
+from syncengine.errors import LedgerError, SecretsError, SourceError, SyncError
+from syncengine.ledger import SqliteLedger, render_runs, render_summary, write_report
+from syncengine.logs import configure_logging
+from syncengine.model import Status
+from syncengine.pipeline import RunOptions, RunResult, run_sync, selected_sources
+from syncengine.progress import RunProgress, count_lines, show_progress
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+EXIT_OK, EXIT_NOT_ALL_SUCCESS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _console() -> Console:
+    return Console(stderr=False)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> None:
+    click.echo(f"syncengine: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--json-logs/--no-json-logs", default=None, help="Force JSON logs (default: JSON unless on a terminal).")
+@click.version_option(package_name="syncengine")
+def cli(json_logs: bool | None) -> None:
+    """Push changes from business systems into Zoho CRM, as fast as its limits allow, record by record."""
+    configure_logging(json=json_logs)
+
+
+@cli.command()
+@click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--stream", "streams", multiple=True, help="Run only this stream (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Build every request but send none; write them to --requests-out.")
+@click.option("--requests-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where a dry run writes the would-be requests (JSONL). Default: <config>.dry-run.jsonl")
+def run(config_file: Path, streams: tuple[str, ...], dry_run: bool, requests_out: Path | None) -> None:
+    """Run every stream of CONFIG_FILE once (or only --stream NAME)."""
+    config = _load(config_file)
+    for name in streams:
+        _guard(lambda n=name: config.stream(n))
+    secrets = None
+    if not dry_run:
+        secrets = _guard(lambda: load_secrets(config.crm, os.environ))
+    out = (requests_out or config_file.with_suffix(".dry-run.jsonl")) if dry_run else None
+    options = RunOptions(streams=streams, dry_run_path=out)
+    code = execute(config, secrets, options)
+    if out is not None:
+        click.echo(f"Would-be requests: {out}")
+    sys.exit(code)
+
+
+def execute(config: Config, secrets: object, options: RunOptions, *, console: Console | None = None) -> int:
+    """Run, show progress and the summary; return the exit code."""
+    console = console or _console()
+    progress = RunProgress(total=count_lines(selected_sources(config, options.streams)) or None)
+
+    async def main() -> RunResult:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(show_progress, progress, console)
+            result = await run_sync(config, secrets, options=options, progress=progress)  # type: ignore[arg-type]
+            tg.cancel_scope.cancel()
+        return result
+
+    try:
+        result = anyio.run(main)
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted.[/] Outcomes written so far are in the ledger.")
+        return EXIT_INTERRUPTED
+    except* (SyncError, OSError) as group:
+        for exc in group.exceptions:
+            console.print(f"[red]error:[/] {exc}")
+        return EXIT_USAGE
+    render_summary(result.summary, console)
+    for message in result.halted:
+        console.print(f"[red]stream halted[/] {message}")
+    if result.stopped:
+        console.print(f"[yellow]stopped early:[/] {result.stopped}; the rest is pending and resumable.")
+    console.print(
+        f"calls {result.calls:,} · 429s {result.throttled:,} · token refreshes {result.refreshes} · "
+        f"max in flight {result.max_in_flight} · ledger {config.ledger.path} (run {result.summary.run_id})"
+    )
+    s = result.summary
+    return EXIT_OK if s.rejected + s.failed + s.invalid + s.pending == 0 else EXIT_NOT_ALL_SUCCESS
+
+
+@cli.command()
+@click.argument("run_id", required=False, type=int)
+@click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Config whose ledger to read.")
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Ledger file to read (default: the config's, or ./syncengine.db).")
+@click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in Status]),
+              help="Only these statuses (repeatable).")
+@click.option("--errors", is_flag=True, help="Only REJECTED, FAILED and INVALID: the error export.")
+@click.option("--code", "codes", multiple=True, help="Only these CRM or syncengine codes (repeatable).")
+@click.option("--stream", default=None, help="Only this stream.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not stdout.")
+def report(run_id: int | None, config_file: Path | None, ledger_path: Path | None, statuses: tuple[str, ...],
+           errors: bool, codes: tuple[str, ...], stream: str | None, fmt: str, output: Path | None) -> None:
+    """Per-record outcomes of RUN (default: the latest run) as a table, CSV or JSONL.
+
+    CSV and JSONL carry the source row's columns after the outcome's, so an error export can be fixed
+    and fed back as a source.
+    """
+    path = _ledger_path(config_file, ledger_path)
+    wanted = {Status(s) for s in statuses} | ({Status.REJECTED, Status.FAILED, Status.INVALID} if errors else set())
+
+    async def main() -> int:
+        async with SqliteLedger(path) as ledger:
+            rid = run_id if run_id is not None else await ledger.latest_run_id()
+            if rid is None:
+                raise LedgerError(str(path), "no runs recorded yet")
+            if output is None:
+                return await write_report(ledger, rid, sys.stdout, fmt=fmt, statuses=wanted or None,
+                                          codes=codes or None, stream=stream)
+            with output.open("w", newline="", encoding="utf-8") as handle:
+                return await write_report(ledger, rid, handle, fmt=fmt, statuses=wanted or None,
+                                          codes=codes or None, stream=stream)
+
+    rows = _guard(lambda: anyio.run(main))
+    if output is not None:
+        click.echo(f"{rows:,} rows written to {output}", err=True)
+
+
+@cli.command()
+@click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-n", "--limit", default=20, show_default=True, help="How many runs to list.")
+def runs(config_file: Path | None, ledger_path: Path | None, limit: int) -> None:
+    """The history of runs with their counts."""
+    path = _ledger_path(config_file, ledger_path)
+
+    async def main() -> None:
+        async with SqliteLedger(path) as ledger:
+            render_runs(await ledger.runs(limit), _console())
+
+    _guard(lambda: anyio.run(main))
+
+
+@cli.command()
+@click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".demo"),
+              show_default=True, help="Where the sample export, ledger and reports go.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("configs/demo.toml"), show_default=True)
+@click.option("--contacts", default=5000, show_default=True, help="Contacts in the sample export.")
+def demo(workdir: Path, config_file: Path, contacts: int) -> None:
+    """Start the sandbox, write a sample ERP export, sync it with configs/demo.toml, and report."""
+    from syncengine.demo import run_demo
+
+    sys.exit(run_demo(workdir=workdir, config_file=config_file, contacts=contacts, console=_console()))
+
+
+def _load(path: Path) -> Config:
+    return _guard(lambda: load_config(path))
+
+
+def _ledger_path(config_file: Path | None, ledger_path: Path | None) -> Path:
+    if ledger_path is not None:
+        return ledger_path
+    if config_file is not None:
+        return _load(config_file).ledger.path
+    return Path("syncengine.db")
+
+
+def _guard(action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except (SyncError, SecretsError, SourceError, LedgerError) as exc:
+        _fail(str(exc))
+        raise AssertionError("unreachable") from exc
+
+
+def _register_sandbox() -> None:
+    from syncengine.sandbox.cli import sandbox_command
+
+    cli.add_command(sandbox_command, name="sandbox")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    _register_sandbox()
+    cli.main(args=list(argv) if argv is not None else None, prog_name="syncengine")

@@ -1,0 +1,105 @@
+"""Payload -> HTTP call, per the operation table of DESIGN §3 and zoho-api.md."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import orjson
+
+from syncengine.model import JSON, Operation, Payload, PayloadItem, Target
+
+__all__ = ["Call", "build_call", "is_complex", "max_items", "write_credits"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Call:
+    """One HTTP request, ready to send (minus the Authorization header)."""
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    params: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+
+
+def _seg(value: str) -> str:
+    # External values are free text: a "/" or "?" in one must not change the path.
+    return quote(value, safe="")
+
+
+def max_items(target: Target, batch_size: int = 100) -> int:
+    """Records per call. Delinks addressed by an external ID exist only in a one-record form."""
+    if target.operation is Operation.DELETE_RELATED and (target.match_field or target.parent_match_field):
+        return 1
+    return max(1, min(batch_size, 100))
+
+
+def is_complex(target: Target, records: int) -> bool:
+    """Zoho's sub-concurrency class: bulk calls carrying more than 10 records.
+
+    Zoho names insert/update/upsert; whether related-record calls count is unconfirmed, so they count
+    too: the cost is a little less parallelism for big related batches, the gain is never a 429.
+    """
+    return records > 10
+
+
+def write_credits(target: Target, records: int) -> int:
+    """Credits a call costs: writes cost 1 per 10 records (at least 1), other calls 1."""
+    if target.operation in (Operation.UPDATE, Operation.UPSERT):
+        return max(1, -(-records // 10))
+    return 1
+
+
+def _external_header(target: Target) -> tuple[tuple[str, str], ...]:
+    parts: list[str] = []
+    if target.is_related:
+        if target.parent_match_field:
+            parts.append(f"{target.module}.{target.parent_match_field}")
+        if target.match_field:
+            parts.append(f"{target.related_module or target.related_list}.{target.match_field}")
+    elif target.match_field:
+        parts.append(f"{target.module}.{target.match_field}")
+    return (("X-EXTERNAL", ",".join(parts)),) if parts else ()
+
+
+def _record(target: Target, item: PayloadItem) -> dict[str, JSON]:
+    record: dict[str, JSON] = dict(item.fields)
+    # The key always wins over a mapped field of the same name: it is what addresses the record.
+    if target.match_field:
+        record[target.match_field] = item.key
+    else:
+        record["id"] = item.key
+    return record
+
+
+def _body(payload: Payload, trigger: Sequence[str] | None) -> bytes:
+    body: dict[str, JSON] = {"data": [_record(payload.target, item) for item in payload.items]}
+    target = payload.target
+    if target.operation is Operation.UPSERT and target.duplicate_check_fields:
+        body["duplicate_check_fields"] = list(target.duplicate_check_fields)
+    if trigger is not None and target.operation in (Operation.UPDATE, Operation.UPSERT):
+        body["trigger"] = list(trigger)
+    return orjson.dumps(body)
+
+
+def build_call(payload: Payload, api_base: str, *, trigger: Sequence[str] | None = None) -> Call:
+    """The HTTP call for a payload. ``api_base`` is e.g. https://www.zohoapis.com/crm/v7."""
+    target = payload.target
+    headers = (("Content-Type", "application/json"), *_external_header(target))
+    module = f"{api_base}/{_seg(target.module)}"
+    if target.operation is Operation.UPDATE:
+        return Call(method="PUT", url=module, headers=headers, body=_body(payload, trigger))
+    if target.operation is Operation.UPSERT:
+        return Call(method="POST", url=f"{module}/upsert", headers=headers, body=_body(payload, trigger))
+    assert payload.parent is not None, "related payloads always carry a parent"
+    related = f"{module}/{_seg(payload.parent)}/{_seg(target.related_list or '')}"
+    if target.operation is Operation.UPDATE_RELATED:
+        return Call(method="PUT", url=related, headers=headers, body=_body(payload, trigger))
+    # DELETE_RELATED: by ids, one call for up to 100; by external ID, one call per record.
+    no_body = _external_header(target)
+    if len(payload.items) == 1 and (target.match_field or target.parent_match_field):
+        return Call(method="DELETE", url=f"{related}/{_seg(payload.items[0].key)}", headers=no_body)
+    ids = ",".join(item.key for item in payload.items)
+    return Call(method="DELETE", url=related, headers=no_body, params=(("ids", ids),))

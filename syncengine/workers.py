@@ -1,0 +1,327 @@
+"""Workers: take a payload, send it within the limits, retry what is transient, emit one outcome per change.
+
+The pieces each do one thing: ``Sender`` gets one call through (limits, token, 429/5xx/401 retries)
+and returns a verdict; ``Worker`` turns verdicts into outcomes, re-sends records that were locked,
+bisects a payload the CRM refused as a whole, and tells the batcher when a payload's keys are free.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import IO
+
+import anyio
+import orjson
+import structlog
+from anyio.abc import ObjectSendStream
+
+from syncengine.batcher import Batcher
+from syncengine.crm.auth import TokenProvider
+from syncengine.crm.requests import Call, build_call, is_complex, write_credits
+from syncengine.crm.responses import Action, Records, Refused, interpret, relation_not_found
+from syncengine.crm.transport import HttpResponse
+from syncengine.errors import CreditsExhausted, StreamHalted, TransportError
+from syncengine.limits import CreditMeter, Limits
+from syncengine.model import Change, Operation, Outcome, Payload, PayloadItem, Status
+
+__all__ = ["BudgetReached", "CallStats", "RetryPolicy", "Sender", "Worker"]
+
+log = structlog.get_logger("syncengine.workers")
+
+
+class BudgetReached(Exception):
+    """The configured credit budget would be exceeded: what is left stays pending, resumable."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How hard to try. Defaults are for production; tests shorten the waits."""
+
+    attempts: int = 8  # tries of one call through 5xx, timeouts and dropped connections
+    throttle_attempts: int = 12  # tries through 429s before the daily credits are deemed spent
+    record_attempts: int = 5  # tries of one record through RECORD_LOCKED and other per-record trouble
+    auth_attempts: int = 3  # token refreshes for one call before giving up
+    wait_initial: float = 0.25  # seconds
+    wait_max: float = 30.0
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter: uniform in [0, min(max, initial * 2**attempt)]."""
+        return random.uniform(0.0, min(self.wait_max, self.wait_initial * 2.0**attempt))
+
+
+@dataclass(slots=True)
+class CallStats:
+    """Counters for progress, metrics and the summary (single event loop: no locking needed)."""
+
+    calls: int = 0
+    throttled: int = 0
+    retries: int = 0
+    transport_errors: int = 0
+    credits_remaining: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sent:
+    """A call that got an answer (possibly after retries)."""
+
+    verdict: Records | Refused
+    calls: int
+    ambiguous: bool  # an earlier try may have been applied before the answer we got
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GaveUp:
+    """Transient trouble outlasted the retries."""
+
+    code: str
+    message: str
+    http_status: int | None
+    calls: int
+    ambiguous: bool
+
+
+Send = Callable[[Call], Awaitable[HttpResponse]]
+
+
+class Sender:
+    """Gets one call through: limits, token, and the retries of the response table."""
+
+    def __init__(
+        self,
+        *,
+        request: Callable[..., Awaitable[HttpResponse]],
+        tokens: TokenProvider | None,
+        limits: Limits,
+        credits: CreditMeter,
+        policy: RetryPolicy,
+        stats: CallStats,
+    ) -> None:
+        self._request = request
+        self._tokens = tokens
+        self._limits = limits
+        self._credits = credits
+        self._policy = policy
+        self.stats = stats
+
+    async def send(self, payload: Payload, call: Call, stream: str) -> Sent | GaveUp:
+        target = payload.target
+        count = len(payload.items)
+        cost = write_credits(target, count)
+        complex_call = is_complex(target, count)
+        transient = throttles = refreshes = calls = 0
+        ambiguous = False
+        while True:
+            if not self._credits.spend(cost):
+                raise BudgetReached(f"credit budget {self._credits.budget} reached")
+            token = await self._tokens.token() if self._tokens is not None else ""
+            headers = dict(call.headers)
+            if token:
+                headers["Authorization"] = f"Zoho-oauthtoken {token}"
+            failure: TransportError | None = None
+            async with self._limits.slot(complex_call=complex_call):
+                calls += 1
+                self.stats.calls += 1
+                try:
+                    response = await self._request(
+                        call.method, call.url, headers=headers, params=dict(call.params) or None, body=call.body
+                    )
+                except TransportError as exc:
+                    failure = exc
+            if failure is not None:
+                ambiguous |= failure.maybe_sent
+                transient += 1
+                self.stats.transport_errors += 1
+                if not failure.retryable or transient >= self._policy.attempts:
+                    return GaveUp(code="TRANSPORT_ERROR", message=failure.reason, http_status=None,
+                                  calls=calls, ambiguous=ambiguous)
+                await self._pause(transient)
+                continue
+            if response.credits_remaining is not None:
+                self.stats.credits_remaining = response.credits_remaining
+            verdict = interpret(response, count, related=target.is_related)
+            if isinstance(verdict, Records):
+                self._limits.general.succeeded()
+                return Sent(verdict=verdict, calls=calls, ambiguous=ambiguous)
+            action = verdict.action
+            if action is Action.THROTTLE:
+                self._credits.refund(cost)
+                self._limits.general.throttled()
+                self.stats.throttled += 1
+                throttles += 1
+                if throttles >= self._policy.throttle_attempts:
+                    raise CreditsExhausted(
+                        f"Zoho answered 429 {throttles} times in a row, backing off each time: "
+                        "the org's API credits for the rolling 24 hours look spent"
+                    )
+                await self._pause(throttles)
+                continue
+            if action is Action.RETRY:
+                transient += 1
+                if transient >= self._policy.attempts:
+                    return GaveUp(code=verdict.code, message=verdict.message, http_status=verdict.http_status,
+                                  calls=calls, ambiguous=ambiguous)
+                await self._pause(transient)
+                continue
+            if action is Action.REFRESH and self._tokens is not None and refreshes < self._policy.auth_attempts:
+                refreshes += 1
+                self._credits.refund(cost)
+                await self._tokens.rejected(token)
+                continue
+            if action in (Action.HALT, Action.REFRESH):
+                raise StreamHalted(stream, verdict.code, verdict.message)
+            self._limits.general.succeeded()
+            return Sent(verdict=verdict, calls=calls, ambiguous=ambiguous)
+
+    async def _pause(self, attempt: int) -> None:
+        self.stats.retries += 1
+        await anyio.sleep(self._policy.backoff(attempt))
+
+
+@dataclass(slots=True)
+class _Tries:
+    counts: dict[int, int] = field(default_factory=dict)  # id(item) -> calls it took part in
+
+    def add(self, items: Sequence[PayloadItem], calls: int) -> None:
+        for item in items:
+            self.counts[id(item)] = self.counts.get(id(item), 0) + calls
+
+    def of(self, item: PayloadItem) -> int:
+        return self.counts.get(id(item), 0)
+
+
+class Worker:
+    """Turns payloads into outcomes. Many run at once; they share the Sender's limits."""
+
+    def __init__(
+        self,
+        *,
+        sender: Sender,
+        batcher: Batcher,
+        outcomes: ObjectSendStream[Outcome],
+        api_base: str,
+        trigger: Sequence[str] | None,
+        policy: RetryPolicy,
+        on_halt: Callable[[StreamHalted], Awaitable[None]],
+        dry_run_out: IO[bytes] | None = None,
+    ) -> None:
+        self._sender = sender
+        self._batcher = batcher
+        self._outcomes = outcomes
+        self._api_base = api_base
+        self._trigger = trigger
+        self._policy = policy
+        self._on_halt = on_halt
+        self._dry_run_out = dry_run_out
+
+    async def run(self) -> None:
+        while (payload := await self._batcher.get()) is not None:
+            try:
+                await self.process(payload)
+            finally:
+                self._batcher.done(payload)
+
+    async def process(self, payload: Payload) -> None:
+        started = time.time()
+        stream = payload.items[0].changes[0].stream
+        if self._dry_run_out is not None:
+            self._write_dry_run(build_call(payload, self._api_base, trigger=self._trigger))
+            await self._emit_all(payload.items, started, status=Status.SKIPPED, code="DRY_RUN",
+                                 message="dry run: request written, not sent", tries=_Tries())
+            return
+        try:
+            await self._send(payload, payload.items, started, _Tries())
+        except StreamHalted as halted:
+            await self._emit_all(payload.items, started, status=Status.FAILED, code=halted.code,
+                                 message=halted.message, tries=_Tries(), note=f"stream {stream!r} halted")
+            await self._on_halt(halted)
+
+    async def _send(self, payload: Payload, items: Sequence[PayloadItem], started: float, tries: _Tries) -> None:
+        pending = list(items)
+        last_code, last_message, last_status = "", "", None
+        ambiguous = False
+        for round_ in range(self._policy.record_attempts):
+            sub = replace(payload, items=tuple(pending))
+            result = await self._sender.send(sub, build_call(sub, self._api_base, trigger=self._trigger),
+                                             pending[0].changes[0].stream)
+            tries.add(pending, result.calls)
+            ambiguous |= result.ambiguous
+            if isinstance(result, GaveUp):
+                await self._emit_all(pending, started, status=Status.FAILED, code=result.code,
+                                     message=result.message, tries=tries, http_status=result.http_status)
+                return
+            verdict = result.verdict
+            if isinstance(verdict, Refused):
+                if verdict.action is Action.REJECT and verdict.http_status == 400 and len(pending) > 1:
+                    # One bad record can make Zoho refuse the whole body: split to isolate it.
+                    half = len(pending) // 2
+                    await self._send(payload, pending[:half], started, tries)
+                    await self._send(payload, pending[half:], started, tries)
+                    return
+                status = Status.REJECTED if verdict.action is Action.REJECT else Status.FAILED
+                await self._emit_all(pending, started, status=status, code=verdict.code, message=verdict.message,
+                                     tries=tries, http_status=verdict.http_status, details=verdict.details)
+                return
+            retry: list[PayloadItem] = []
+            for item, record in zip(pending, verdict.results, strict=True):
+                common = {"tries": tries, "http_status": verdict.http_status, "details": record.details}
+                if record.success:
+                    await self._emit_item(item, started, status=Status.SUCCESS, code=record.code,
+                                          message=record.message, crm_id=record.crm_id, **common)  # type: ignore[arg-type]
+                elif (ambiguous and payload.target.operation is Operation.DELETE_RELATED
+                      and relation_not_found(record)):
+                    await self._emit_item(item, started, status=Status.SUCCESS, code="SUCCESS",
+                                          message="relation removed", crm_id=None,
+                                          note="ambiguous retry: an earlier try had already removed the relation",
+                                          **common)  # type: ignore[arg-type]
+                elif record.transient:
+                    retry.append(item)
+                    last_code, last_message, last_status = record.code, record.message, verdict.http_status
+                else:
+                    await self._emit_item(item, started, status=Status.REJECTED, code=record.code,
+                                          message=record.message, crm_id=None, **common)  # type: ignore[arg-type]
+            if not retry:
+                return
+            pending = retry
+            await anyio.sleep(self._policy.backoff(round_))
+        await self._emit_all(pending, started, status=Status.FAILED, code=last_code, message=last_message,
+                             tries=tries, http_status=last_status)
+
+    async def _emit_all(self, items: Sequence[PayloadItem], started: float, *, status: Status, code: str,
+                        message: str, tries: _Tries, http_status: int | None = None,
+                        details: object = None, note: str | None = None) -> None:
+        for item in items:
+            await self._emit_item(item, started, status=status, code=code, message=message, crm_id=None,
+                                  tries=tries, http_status=http_status, details=details, note=note)
+
+    async def _emit_item(self, item: PayloadItem, started: float, *, status: Status, code: str, message: str,
+                         crm_id: str | None, tries: _Tries, http_status: int | None, details: object,
+                         note: str | None = None) -> None:
+        finished = time.time()
+        for change in item.changes:
+            await self._outcomes.send(Outcome(
+                change=change, status=status, code=code, message=message,
+                details=details if isinstance(details, dict) and details else None,
+                crm_id=crm_id, http_status=http_status, attempts=tries.of(item),
+                started_at=started, finished_at=finished, note=note,
+            ))
+
+    def _write_dry_run(self, call: Call) -> None:
+        assert self._dry_run_out is not None
+        line = {
+            "method": call.method,
+            "url": call.url,
+            "params": dict(call.params),
+            "headers": dict(call.headers),
+            "body": orjson.loads(call.body) if call.body else None,
+        }
+        self._dry_run_out.write(orjson.dumps(line) + b"\n")
+
+
+def failed_outcome(change: Change, *, code: str, message: str, note: str | None = None) -> Outcome:
+    """An outcome for a change that never reached a call (its stream was halted first)."""
+    now = time.time()
+    return Outcome(change=change, status=Status.FAILED, code=code, message=message, attempts=0,
+                   started_at=now, finished_at=now, note=note)
