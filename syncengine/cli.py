@@ -16,19 +16,17 @@ import anyio
 import click
 from rich.console import Console
 
-from syncengine.config import Config, load_config, load_secrets
+from syncengine.config import Config, Secrets, load_config, load_secrets
 from syncengine.errors import LedgerError, SecretsError, SourceError, SyncError
 from syncengine.ledger import SqliteLedger, render_runs, render_summary, write_report
 from syncengine.logs import configure_logging
 from syncengine.model import Status
-from syncengine.pipeline import RunOptions, RunResult, run_sync, selected_sources
-from syncengine.progress import RunProgress, count_lines, show_progress
+from syncengine.pipeline import RunOptions
+from syncengine.runner import EXIT_INTERRUPTED, EXIT_USAGE, exit_code, run_with_progress
 
 __all__ = ["main"]
 
 T = TypeVar("T")
-
-EXIT_OK, EXIT_NOT_ALL_SUCCESS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _console() -> Console:
@@ -70,20 +68,11 @@ def run(config_file: Path, streams: tuple[str, ...], dry_run: bool, requests_out
     sys.exit(code)
 
 
-def execute(config: Config, secrets: object, options: RunOptions, *, console: Console | None = None) -> int:
-    """Run, show progress and the summary; return the exit code."""
-    console = console or _console()
-    progress = RunProgress(total=count_lines(selected_sources(config, options.streams)) or None)
-
-    async def main() -> RunResult:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(show_progress, progress, console)
-            result = await run_sync(config, secrets, options=options, progress=progress)  # type: ignore[arg-type]
-            tg.cancel_scope.cancel()
-        return result
-
+def execute(config: Config, secrets: Secrets | None, options: RunOptions) -> int:
+    """Run with progress and the summary on the terminal; return the exit code."""
+    console = _console()
     try:
-        result = anyio.run(main)
+        result = anyio.run(run_with_progress, config, secrets, options, console)
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted.[/] Outcomes written so far are in the ledger.")
         return EXIT_INTERRUPTED
@@ -91,17 +80,7 @@ def execute(config: Config, secrets: object, options: RunOptions, *, console: Co
         for exc in group.exceptions:
             console.print(f"[red]error:[/] {exc}")
         return EXIT_USAGE
-    render_summary(result.summary, console)
-    for message in result.halted:
-        console.print(f"[red]stream halted[/] {message}")
-    if result.stopped:
-        console.print(f"[yellow]stopped early:[/] {result.stopped}; the rest is pending and resumable.")
-    console.print(
-        f"calls {result.calls:,} · 429s {result.throttled:,} · token refreshes {result.refreshes} · "
-        f"max in flight {result.max_in_flight} · ledger {config.ledger.path} (run {result.summary.run_id})"
-    )
-    s = result.summary
-    return EXIT_OK if s.rejected + s.failed + s.invalid + s.pending == 0 else EXIT_NOT_ALL_SUCCESS
+    return exit_code(result)
 
 
 @cli.command()

@@ -1,0 +1,43 @@
+"""One run as a person sees it: the live progress line, then the summary and the exit code."""
+
+from __future__ import annotations
+
+import anyio
+from rich.console import Console
+
+from syncengine.config import Config, Secrets
+from syncengine.ledger import render_summary
+from syncengine.pipeline import RunOptions, RunResult, run_sync, selected_sources
+from syncengine.progress import RunProgress, count_lines, show_progress
+
+__all__ = ["EXIT_INTERRUPTED", "EXIT_NOT_ALL_SUCCESS", "EXIT_OK", "EXIT_USAGE", "exit_code", "run_with_progress"]
+
+EXIT_OK, EXIT_NOT_ALL_SUCCESS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+async def run_with_progress(
+    config: Config, secrets: Secrets | None, options: RunOptions, console: Console
+) -> RunResult:
+    """Run while showing progress; print the summary that adds up, and what stopped the run early."""
+    total = await anyio.to_thread.run_sync(count_lines, selected_sources(config, options.streams))
+    progress = RunProgress(total=total or None)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(show_progress, progress, console)
+        result = await run_sync(config, secrets, options=options, progress=progress)
+        tg.cancel_scope.cancel()
+    render_summary(result.summary, console)
+    for message in result.halted:
+        console.print(f"[red]stream halted[/] {message}")
+    if result.stopped:
+        console.print(f"[yellow]stopped early:[/] {result.stopped}; the rest is pending and resumable.")
+    console.print(
+        f"calls {result.calls:,} · 429s {result.throttled:,} · token refreshes {result.refreshes} · "
+        f"max in flight {result.max_in_flight} · ledger {config.ledger.path} (run {result.summary.run_id})"
+    )
+    return result
+
+
+def exit_code(result: RunResult) -> int:
+    """0 when every change is SUCCESS or SKIPPED, else 1."""
+    s = result.summary
+    return EXIT_OK if s.rejected + s.failed + s.invalid + s.pending == 0 else EXIT_NOT_ALL_SUCCESS

@@ -1,0 +1,87 @@
+"""Payload -> HTTP call: paths, X-EXTERNAL headers and bodies as zoho-api.md documents them."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from syncengine.crm.requests import build_call, max_items
+from syncengine.model import Change, Operation, Payload, PayloadItem, Target
+
+BASE = "https://www.zohoapis.com/crm/v7"
+
+
+def payload(target: Target, keys: list[str], parent: str | None = None, **fields: object) -> Payload:
+    items = tuple(
+        PayloadItem(key=k, fields=dict(fields),  # type: ignore[arg-type]
+                    changes=(Change(stream="s", seq=i, target=target, key=k, parent=parent),))
+        for i, k in enumerate(keys)
+    )
+    return Payload(target=target, parent=parent, items=items)
+
+
+def test_update_by_id_puts_ids_in_body() -> None:
+    """Update by record ID: PUT /{Module}, each record carries id, no X-EXTERNAL."""
+    call = build_call(payload(Target(operation=Operation.UPDATE, module="Leads"), ["1", "2"], Company="A"), BASE)
+    assert (call.method, call.url) == ("PUT", f"{BASE}/Leads")
+    assert "X-EXTERNAL" not in dict(call.headers)
+    assert orjson.loads(call.body or b"") == {"data": [{"Company": "A", "id": "1"}, {"Company": "A", "id": "2"}]}
+
+
+def test_update_by_external_id_sends_header_and_field() -> None:
+    """Update by external ID: X-EXTERNAL Module.Field and the field in each record."""
+    target = Target(operation=Operation.UPDATE, module="Contacts", match_field="External_Contact_ID")
+    call = build_call(payload(target, ["ext1"], Last_Name="X"), BASE, trigger=[])
+    assert dict(call.headers)["X-EXTERNAL"] == "Contacts.External_Contact_ID"
+    assert orjson.loads(call.body or b"") == {
+        "data": [{"Last_Name": "X", "External_Contact_ID": "ext1"}], "trigger": []}
+
+
+@pytest.mark.parametrize(
+    ("parent_field", "match_field", "header"),
+    [
+        ("External_Contact_ID", "External_Deal_ID", "Contacts.External_Contact_ID,Deals.External_Deal_ID"),
+        (None, "External_Deal_ID", "Deals.External_Deal_ID"),
+        ("External_Contact_ID", None, "Contacts.External_Contact_ID"),
+        (None, None, None),
+    ],
+    ids=["both-external", "related-external", "parent-external", "ids"],
+)
+def test_update_related_addressing_forms(parent_field: str | None, match_field: str | None,
+                                          header: str | None) -> None:
+    """Every X-EXTERNAL form of the seed page, including the mixed ones."""
+    target = Target(operation=Operation.UPDATE_RELATED, module="Contacts", related_list="Deals",
+                    related_module="Deals", parent_match_field=parent_field, match_field=match_field)
+    call = build_call(payload(target, ["d1"], parent="c/1", Contact_Role="111"), BASE)
+    assert call.url == f"{BASE}/Contacts/c%2F1/Deals"
+    assert dict(call.headers).get("X-EXTERNAL") == header
+    record = orjson.loads(call.body or b"")["data"][0]
+    assert record[match_field or "id"] == "d1" and record["Contact_Role"] == "111"
+
+
+def test_delete_related_by_ids_is_one_call_with_ids_param() -> None:
+    """Multi-delink: DELETE with ?ids=a,b and no body."""
+    target = Target(operation=Operation.DELETE_RELATED, module="Leads", related_list="Products")
+    call = build_call(payload(target, ["1", "2", "3"], parent="9"), BASE)
+    assert (call.method, call.url, call.params, call.body) == (
+        "DELETE", f"{BASE}/Leads/9/Products", (("ids", "1,2,3"),), None)
+    assert max_items(target) == 100
+
+
+def test_delete_related_by_external_id_is_the_single_form() -> None:
+    """Delink by external IDs: one record per call, the related value in the path."""
+    target = Target(operation=Operation.DELETE_RELATED, module="Contacts", related_list="Deals",
+                    related_module="Deals", parent_match_field="External_Contact_ID", match_field="External_Deal_ID")
+    call = build_call(payload(target, ["extdeal3"], parent="extcontact3"), BASE)
+    assert (call.method, call.url) == ("DELETE", f"{BASE}/Contacts/extcontact3/Deals/extdeal3")
+    assert dict(call.headers)["X-EXTERNAL"] == "Contacts.External_Contact_ID,Deals.External_Deal_ID"
+    assert max_items(target) == 1
+
+
+def test_upsert_posts_with_duplicate_check_fields() -> None:
+    """Upsert: POST /{Module}/upsert with duplicate_check_fields."""
+    target = Target(operation=Operation.UPSERT, module="Leads", match_field="Email",
+                    duplicate_check_fields=("Email",))
+    call = build_call(payload(target, ["a@x.com"], Last_Name="A"), BASE)
+    assert (call.method, call.url) == ("POST", f"{BASE}/Leads/upsert")
+    assert orjson.loads(call.body or b"")["duplicate_check_fields"] == ["Email"]
