@@ -18,7 +18,7 @@ from rich.console import Console
 
 from syncengine.config import Config, Secrets, load_config, load_secrets
 from syncengine.errors import LedgerError, SecretsError, SourceError, SyncError
-from syncengine.ledger import SqliteLedger, render_runs, render_summary, write_report
+from syncengine.ledger import SqliteLedger, render_runs, write_report
 from syncengine.logs import configure_logging
 from syncengine.model import Status
 from syncengine.pipeline import RunOptions
@@ -76,9 +76,12 @@ def execute(config: Config, secrets: Secrets | None, options: RunOptions) -> int
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted.[/] Outcomes written so far are in the ledger.")
         return EXIT_INTERRUPTED
-    except* (SyncError, OSError) as group:
-        for exc in group.exceptions:
-            console.print(f"[red]error:[/] {exc}")
+    except (SyncError, OSError, ExceptionGroup) as exc:
+        errors = _leaves(exc)
+        if not all(isinstance(e, SyncError | OSError) for e in errors):
+            raise
+        for error in errors:
+            console.print(f"[red]error:[/] {error}")
         return EXIT_USAGE
     return exit_code(result)
 
@@ -149,6 +152,13 @@ def demo(workdir: Path, config_file: Path, contacts: int) -> None:
     from syncengine.demo import run_demo
 
     sys.exit(run_demo(workdir=workdir, config_file=config_file, contacts=contacts, console=_console()))
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The errors inside (possibly nested) exception groups from task groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 def _load(path: Path) -> Config:

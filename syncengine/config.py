@@ -65,6 +65,7 @@ from __future__ import annotations
 import codecs
 import difflib
 import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -386,12 +387,13 @@ def _refuse_secrets(file: str, node: object, path: str) -> None:
     elif isinstance(node, dict):
         for key, value in node.items():
             where = f"{path}.{key}" if path else key
-            if key.lower() in SECRET_ENV:
+            name = key.lower().removeprefix("zoho_")  # ZOHO_CLIENT_SECRET = ... is the same mistake
+            if name in SECRET_ENV:
                 raise ConfigError(
                     file,
                     where,
                     f"no secrets in the config file: {key} comes from the environment "
-                    f"({SECRET_ENV[key.lower()]}) or from the file named by crm.secrets_file",
+                    f"({SECRET_ENV[name]}) or from the file named by crm.secrets_file",
                 )
             if key != "fields":
                 _refuse_secrets(file, value, where)
@@ -486,7 +488,8 @@ class _Table:
         value = self.optional_string(key, "a non-empty string naming a file")
         if value is None:
             return None
-        return base / Path(value).expanduser()  # an absolute path replaces base
+        # An absolute path replaces base; normpath folds "../" without following symlinks.
+        return Path(os.path.normpath(base / Path(value).expanduser()))
 
     def strings(self, key: str, expected: str, check: re.Pattern[str] | tuple[str, ...]) -> tuple[str, ...]:
         value = self.data[key]

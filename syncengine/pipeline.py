@@ -10,6 +10,7 @@ ledger writer, whose final flush is shielded from cancellation.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ async def run_sync(
     halted: list[str] = []
     stopped: str | None = None
     stats = CallStats()
+    started = time.monotonic()
     async with AsyncExitStack() as stack:
         # A dry run changes no ledger state: its outcomes go to a throwaway ledger.
         ledger_path = (
@@ -133,7 +135,11 @@ async def run_sync(
         if halted and state == "completed":
             state = "halted"
         summary = await ledger.finish_run(run_id, state=state, read=dict(progress.read))
-    log.info("syncengine.run_finished", run_id=run_id, state=state, calls=stats.calls, throttled=stats.throttled)
+    elapsed = time.monotonic() - started
+    log.info("syncengine.run_finished", run_id=run_id, state=state, read=summary.read, succeeded=summary.succeeded,
+             rejected=summary.rejected, failed=summary.failed, invalid=summary.invalid, pending=summary.pending,
+             calls=stats.calls, throttled=stats.throttled, max_in_flight=limits.general.max_in_flight,
+             elapsed_s=round(elapsed, 3), rate=round(summary.read / elapsed, 1) if elapsed > 0 else None)
     return RunResult(
         summary=summary, halted=tuple(halted), stopped=stopped, calls=stats.calls, throttled=stats.throttled,
         refreshes=tokens.refreshes if tokens is not None else 0, max_in_flight=limits.general.max_in_flight,

@@ -54,6 +54,9 @@ def write_credits(target: Target, records: int) -> int:
 
 def _external_header(target: Target) -> tuple[tuple[str, str], ...]:
     parts: list[str] = []
+    if target.operation is Operation.UPSERT:
+        # Upsert matches on duplicate_check_fields; X-EXTERNAL would require the field to be external.
+        return ()
     if target.is_related:
         if target.parent_match_field:
             parts.append(f"{target.module}.{target.parent_match_field}")
@@ -77,8 +80,10 @@ def _record(target: Target, item: PayloadItem) -> dict[str, JSON]:
 def _body(payload: Payload, trigger: Sequence[str] | None) -> bytes:
     body: dict[str, JSON] = {"data": [_record(payload.target, item) for item in payload.items]}
     target = payload.target
-    if target.operation is Operation.UPSERT and target.duplicate_check_fields:
-        body["duplicate_check_fields"] = list(target.duplicate_check_fields)
+    if target.operation is Operation.UPSERT:
+        fields = target.duplicate_check_fields or ((target.match_field,) if target.match_field else ())
+        if fields:
+            body["duplicate_check_fields"] = list(fields)
     if trigger is not None and target.operation in (Operation.UPDATE, Operation.UPSERT):
         body["trigger"] = list(trigger)
     return orjson.dumps(body)

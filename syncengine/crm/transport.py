@@ -96,6 +96,10 @@ class Transport:
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, auto_decompress=True, raise_for_status=False
         )
+        # aiohttp >= 3.10 silently resends an idempotent request (PUT, DELETE) once when a pooled
+        # connection drops. The engine must see every drop: a resend it does not know about turns
+        # "relation already removed by the first try" into a wrong REJECTED. No public switch exists.
+        self._session._retry_connection = False
         return self
 
     async def __aexit__(
@@ -129,5 +133,5 @@ class Transport:
                     body=raw,
                     credits_remaining=int(credits) if credits and credits.isdigit() else None,
                 )
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise map_error(exc, url) from exc

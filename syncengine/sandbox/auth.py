@@ -41,7 +41,12 @@ def scope_allows(scopes: frozenset[str], *, module: str | None, ops: tuple[str, 
     """Whether ``scopes`` cover a call: a module operation (``ops`` such as UPDATE) or a settings read."""
     if settings is not None:
         return bool(
-            scopes & {"zohocrm.settings.all", f"zohocrm.settings.{settings}.all", f"zohocrm.settings.{settings}.read"}
+            scopes
+            & {
+                "zohocrm.settings.all",
+                f"zohocrm.settings.{settings}.all",
+                f"zohocrm.settings.{settings}.read",
+            }
         )
     mod = (module or "").lower()
     if "zohocrm.modules.all" in scopes or f"zohocrm.modules.{mod}.all" in scopes:

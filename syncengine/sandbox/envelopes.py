@@ -32,9 +32,7 @@ class Reply:
 
 def request_error(status: int, code: str, message: str, details: dict[str, JSON] | None = None) -> Reply:
     """A request-level error envelope."""
-    return Reply(
-        status=status, body={"code": code, "details": details or {}, "message": message, "status": "error"}
-    )
+    return Reply(status=status, body={"code": code, "details": details or {}, "message": message, "status": "error"})
 
 
 def entry_error(code: str, message: str, details: dict[str, JSON]) -> dict[str, JSON]:

@@ -47,7 +47,12 @@ def _field(module: str, n: int, f: FieldSpec) -> dict[str, JSON]:
     }
     if f.values:
         out["pick_list_values"] = [
-            {"display_value": v, "actual_value": v, "id": _field_id(module, 500 + k), "sequence_number": k + 1}
+            {
+                "display_value": v,
+                "actual_value": v,
+                "id": _field_id(module, 500 + k),
+                "sequence_number": k + 1,
+            }
             for k, v in enumerate(f.values)
         ]
     if f.type is FieldType.LOOKUP and f.lookup_module is not None:

@@ -62,7 +62,9 @@ def _invalid(i: int, name: str, extra: dict[str, JSON] | None = None) -> dict[st
 
 
 def _mandatory(i: int, name: str) -> dict[str, JSON]:
-    return entry_error("MANDATORY_NOT_FOUND", "required field not found", {"api_name": name, "json_path": _path(i, name)})
+    return entry_error(
+        "MANDATORY_NOT_FOUND", "required field not found", {"api_name": name, "json_path": _path(i, name)}
+    )
 
 
 def _locked(i: int) -> dict[str, JSON]:
@@ -188,13 +190,20 @@ def _resolve(
     rid = norm_id(raw)
     if rid is None or rid not in state.records[module]:
         return None, entry_error(
-            "INVALID_DATA", "the id given seems to be invalid", {"api_name": "id", "json_path": _path(i, "id")}
+            "INVALID_DATA",
+            "the id given seems to be invalid",
+            {"api_name": "id", "json_path": _path(i, "id")},
         )
     return rid, None
 
 
 def update_records(
-    state: SandboxState, spec: ModuleSpec, data: Sequence[Any], ext_field: str | None, locked: Locker, now: str
+    state: SandboxState,
+    spec: ModuleSpec,
+    data: Sequence[Any],
+    ext_field: str | None,
+    locked: Locker,
+    now: str,
 ) -> Reply:
     """``PUT /{Module}``: each record carries ``id`` (or, with X-EXTERNAL, the external field)."""
     entries: list[dict[str, JSON]] = []
@@ -304,7 +313,12 @@ def upsert_records(
         rid = state.insert(module, fields, now=now)
         details = _record_details(state.records[module][rid])
         entries.append(
-            {"code": "SUCCESS", "duplicate_field": first_present, "action": "insert", **entry_success("record added", details)}
+            {
+                "code": "SUCCESS",
+                "duplicate_field": first_present,
+                "action": "insert",
+                **entry_success("record added", details),
+            }
         )
     return data_reply(entries)
 

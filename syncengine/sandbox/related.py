@@ -38,9 +38,7 @@ class Related:
     related_field: str | None  # external field of the related module named by X-EXTERNAL, if any
 
 
-def resolve_parent(
-    state: SandboxState, spec: ModuleSpec, key: str, parent_field: str | None
-) -> str | Reply:
+def resolve_parent(state: SandboxState, spec: ModuleSpec, key: str, parent_field: str | None) -> str | Reply:
     """The parent's record id, or the request-level error for a missing parent."""
     if parent_field is not None:
         rid = state.find_id(spec.api_name, parent_field, key)
@@ -141,7 +139,9 @@ def update_related(state: SandboxState, call: Related, data: Sequence[Any], sing
             if value is None:
                 entries.append(
                     entry_error(
-                        "MANDATORY_NOT_FOUND", "required field not found", {"api_name": "id", "json_path": f"$.data[{i}].id"}
+                        "MANDATORY_NOT_FOUND",
+                        "required field not found",
+                        {"api_name": "id", "json_path": f"$.data[{i}].id"},
                     )
                 )
                 continue

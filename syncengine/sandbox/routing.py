@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from syncengine.sandbox.envelopes import Reply, request_error
 from syncengine.sandbox.schema import ModuleSpec, RelatedList, Schema
 
-__all__ = ["KINDS", "WRITE_KINDS", "Route", "parse_external", "route"]
+__all__ = ["KINDS", "WRITE_KINDS", "Route", "parse_external", "query_int", "route"]
 
 # Endpoint kinds, the keys of ``stats.calls``.
 KINDS = (
@@ -63,9 +63,7 @@ def _invalid_url() -> Reply:
 
 
 def _invalid_method() -> Reply:
-    return request_error(
-        400, "INVALID_REQUEST_METHOD", "The http request method type is not a valid one", {}
-    )
+    return request_error(400, "INVALID_REQUEST_METHOD", "The http request method type is not a valid one", {})
 
 
 def parse_external(schema: Schema, header: str | None) -> dict[str, str] | Reply:

@@ -206,6 +206,8 @@ def check_value(spec: FieldSpec, value: JSON, *, known_ids: Mapping[str, str] | 
     """
     t = spec.type
     if t in _STRING_TYPES:
+        if isinstance(value, int | float) and not isinstance(value, bool) and t is not FieldType.EMAIL:
+            value = str(value)  # Zoho stores a number sent to a text field as its text
         if not isinstance(value, str):
             raise BadValue({"expected_data_type": t.value})
         limit = spec.length
@@ -284,18 +286,47 @@ def _f(name: str, type_: FieldType, **kw: object) -> FieldSpec:
 
 
 _LEAD_SOURCES = (
-    "Advertisement", "Cold Call", "Employee Referral", "External Referral", "Online Store", "Partner",
-    "Public Relations", "Sales Email Alias", "Seminar Partner", "Internal Seminar", "Trade Show",
-    "Web Download", "Web Research", "Chat",
-)  # fmt: skip
+    "Advertisement",
+    "Cold Call",
+    "Employee Referral",
+    "External Referral",
+    "Online Store",
+    "Partner",
+    "Public Relations",
+    "Sales Email Alias",
+    "Seminar Partner",
+    "Internal Seminar",
+    "Trade Show",
+    "Web Download",
+    "Web Research",
+    "Chat",
+)
 _MEMBER_STATUS = (
-    "Planning", "Active", "Invited", "Sent", "Received", "Opened", "Responded", "Bounced", "Opted Out",
-    "Registered", "Attended", "Did Not Attend",
-)  # fmt: skip
+    "Planning",
+    "Active",
+    "Invited",
+    "Sent",
+    "Received",
+    "Opened",
+    "Responded",
+    "Bounced",
+    "Opted Out",
+    "Registered",
+    "Attended",
+    "Did Not Attend",
+)
 _STAGES = (
-    "Qualification", "Needs Analysis", "Value Proposition", "Id. Decision Makers", "Perception Analysis",
-    "Proposal/Price Quote", "Negotiation/Review", "Closed Won", "Closed Lost", "Closed Lost to Competition",
-)  # fmt: skip
+    "Qualification",
+    "Needs Analysis",
+    "Value Proposition",
+    "Id. Decision Makers",
+    "Perception Analysis",
+    "Proposal/Price Quote",
+    "Negotiation/Review",
+    "Closed Won",
+    "Closed Lost",
+    "Closed Lost to Competition",
+)
 _LIST_PRICE = (_f("list_price", FieldType.CURRENCY),)
 
 
@@ -317,9 +348,17 @@ def default_schema() -> Schema:
             _f(
                 "Lead_Status",
                 FieldType.PICKLIST,
-                values=("Attempted to Contact", "Contact in Future", "Contacted", "Junk Lead", "Lost Lead",
-                        "Not Contacted", "Pre-Qualified", "Not Qualified"),
-            ),  # fmt: skip
+                values=(
+                    "Attempted to Contact",
+                    "Contact in Future",
+                    "Contacted",
+                    "Junk Lead",
+                    "Lost Lead",
+                    "Not Contacted",
+                    "Pre-Qualified",
+                    "Not Qualified",
+                ),
+            ),
             _text("Industry", max_length=120),
             _f("Annual_Revenue", FieldType.CURRENCY),
             _f("No_of_Employees", FieldType.INTEGER),
@@ -366,9 +405,22 @@ def default_schema() -> Schema:
             _f(
                 "Account_Type",
                 FieldType.PICKLIST,
-                values=("Analyst", "Competitor", "Customer", "Distributor", "Integrator", "Investor", "Other",
-                        "Partner", "Press", "Prospect", "Reseller", "Supplier", "Vendor"),
-            ),  # fmt: skip
+                values=(
+                    "Analyst",
+                    "Competitor",
+                    "Customer",
+                    "Distributor",
+                    "Integrator",
+                    "Investor",
+                    "Other",
+                    "Partner",
+                    "Press",
+                    "Prospect",
+                    "Reseller",
+                    "Supplier",
+                    "Vendor",
+                ),
+            ),
             _f("Annual_Revenue", FieldType.CURRENCY),
             _f("Employees", FieldType.INTEGER),
             _text("Billing_City", max_length=100),
@@ -419,10 +471,21 @@ def default_schema() -> Schema:
             _f(
                 "Type",
                 FieldType.PICKLIST,
-                values=("Advertisement", "Banner Ads", "Conference", "Direct mail", "Email", "Partner",
-                        "Public Relations", "Referral Program", "Telemarketing", "Trade Show", "Webinar",
-                        "Others"),
-            ),  # fmt: skip
+                values=(
+                    "Advertisement",
+                    "Banner Ads",
+                    "Conference",
+                    "Direct mail",
+                    "Email",
+                    "Partner",
+                    "Public Relations",
+                    "Referral Program",
+                    "Telemarketing",
+                    "Trade Show",
+                    "Webinar",
+                    "Others",
+                ),
+            ),
             _f("Status", FieldType.PICKLIST, values=("Planning", "Active", "Inactive", "Complete")),
             _f("Start_Date", FieldType.DATE),
             _f("End_Date", FieldType.DATE),
@@ -454,7 +517,11 @@ def default_schema() -> Schema:
         ),
         RelationSpec(a_module="Campaigns", a_list="Leads", b_module="Leads", b_list="Campaigns", fields=member_status),
         RelationSpec(
-            a_module="Campaigns", a_list="Contacts", b_module="Contacts", b_list="Campaigns", fields=member_status
+            a_module="Campaigns",
+            a_list="Contacts",
+            b_module="Contacts",
+            b_list="Campaigns",
+            fields=member_status,
         ),
         RelationSpec(a_module="Products", a_list="Leads", b_module="Leads", b_list="Products", fields=_LIST_PRICE),
         RelationSpec(
@@ -465,12 +532,14 @@ def default_schema() -> Schema:
         ),
         RelationSpec(a_module="Products", a_list="Deals", b_module="Deals", b_list="Products", fields=_LIST_PRICE),
         RelationSpec(
-            a_module="Products", a_list="Price_Books", b_module="Price_Books", b_list="Products", fields=_LIST_PRICE
+            a_module="Products",
+            a_list="Price_Books",
+            b_module="Price_Books",
+            b_list="Products",
+            fields=_LIST_PRICE,
         ),
     )
-    return Schema(
-        modules=(leads, contacts, accounts, deals, products, campaigns, price_books), relations=relations
-    )
+    return Schema(modules=(leads, contacts, accounts, deals, products, campaigns, price_books), relations=relations)
 
 
 DEFAULT_SCHEMA = default_schema()

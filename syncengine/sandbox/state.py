@@ -87,7 +87,7 @@ class SandboxState:
         return self.get_record(module, rid) if rid is not None else None
 
     def related(self, module: str, record_id: str | int, related_list: str) -> dict[str, dict[str, JSON]]:
-        """The records linked to ``module/record_id`` through ``related_list``: related id -> relation fields."""
+        """Records linked to ``module/record_id`` via ``related_list``: related id -> relation fields."""
         rl = self.schema.related_list(module, related_list)
         if rl is None:
             raise KeyError(f"{module} has no related list {related_list!r}")
@@ -161,7 +161,12 @@ class SandboxState:
         rec["Modified_Time"] = now or now_iso()
 
     def link(
-        self, module: str, record_id: str, related_list: RelatedList, related_id: str, fields: Mapping[str, JSON]
+        self,
+        module: str,
+        record_id: str,
+        related_list: RelatedList,
+        related_id: str,
+        fields: Mapping[str, JSON],
     ) -> bool:
         """Link two records (or update the link's fields); True when the link is new."""
         mine = self.links.setdefault((module, record_id), {}).setdefault(related_list.related_module, {})
@@ -219,9 +224,15 @@ class SandboxState:
                         continue
                     seen.add((module, rid, related_module, tid))
                     relations.append(
-                        {"module": module, "id": rid, "related_list": rl, "related_id": tid, "fields": dict(fields)}
+                        {
+                            "module": module,
+                            "id": rid,
+                            "related_list": rl,
+                            "related_id": tid,
+                            "fields": dict(fields),
+                        }
                     )
-        records: dict[str, JSON] = {m: list(recs.values()) for m, recs in self.records.items() if recs}  # type: ignore[misc]
+        records: dict[str, JSON] = {m: list(recs.values()) for m, recs in self.records.items() if recs}
         return {"records": records, "relations": relations}
 
     def dump_bytes(self) -> bytes:

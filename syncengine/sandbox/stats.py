@@ -1,13 +1,14 @@
 """Counters for everything the sandbox does, served at ``GET /__sandbox/stats``.
 
-The counters are plain attributes bumped on the hot path; ``as_dict`` is the JSON the admin
-endpoint serves (plus ``records`` per module, which the server adds from the state).
+The counters are plain attributes bumped on the hot path; ``snapshot`` is the JSON the admin
+endpoint serves.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 
 from syncengine.model import JSON
 
@@ -41,6 +42,31 @@ class SandboxStats:
     drops_after: int = 0  # connections closed after the call was applied (an ambiguous failure)
     locks_injected: int = 0  # records answered RECORD_LOCKED
     key_overlaps: int = 0  # a write touched a record key that another call in flight also touched
+    # Where ``snapshot`` reads records per module (the server points it at its state).
+    records_source: Callable[[], dict[str, int]] | None = field(default=None, repr=False, compare=False)
+
+    def clear(self) -> None:
+        """Every counter back to zero, in place (calls still in flight keep ``in_flight`` honest)."""
+        in_flight, in_flight_complex, token_in_flight = (
+            self.in_flight,
+            self.in_flight_complex,
+            self.token_in_flight,
+        )
+        fresh = SandboxStats(records_source=self.records_source)
+        for f in fields(self):
+            setattr(self, f.name, getattr(fresh, f.name))
+        self.in_flight, self.in_flight_complex, self.token_in_flight = (
+            in_flight,
+            in_flight_complex,
+            token_in_flight,
+        )
+
+    def snapshot(self) -> dict[str, JSON]:
+        """The counters as JSON, with ``records`` per module: what ``GET /__sandbox/stats`` serves."""
+        out = self.as_dict()
+        if self.records_source is not None:
+            out["records"] = dict(self.records_source())
+        return out
 
     def as_dict(self) -> dict[str, JSON]:
         """The counters as JSON."""

@@ -40,10 +40,14 @@ async def test_refused_connection_was_not_sent() -> None:
 
 
 async def test_dropped_connection_may_have_been_sent() -> None:
-    """A server that reads the request and hangs up: the call may have been applied."""
+    """A server that reads the request and hangs up: maybe applied, reported, and never silently resent."""
+    received = 0
+
     async def handle(stream: anyio.abc.SocketStream) -> None:
+        nonlocal received
         async with stream:
             await stream.receive(65536)
+            received += 1
 
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
@@ -54,6 +58,7 @@ async def test_dropped_connection_may_have_been_sent() -> None:
                 await transport.request("PUT", f"http://127.0.0.1:{port}/x", headers={}, body=b"{}")
         tg.cancel_scope.cancel()
     assert info.value.maybe_sent is True
+    assert received == 1
 
 
 async def test_timeout_may_have_been_sent() -> None:

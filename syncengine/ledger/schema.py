@@ -1,0 +1,104 @@
+"""The ledger's SQLite schema, versioned with ``PRAGMA user_version`` and created on open.
+
+Why it is shaped like this (see DESIGN.md, "The ledger is on the hot path"):
+
+- ``outcomes`` is append-only and keyed by what arrives in order: (run_id, stream, seq). Outcomes reach the
+  writer roughly in seq order, so the primary-key index grows at its right edge and costs little. Nothing
+  else is indexed: an index on external ids (``key``), which arrive in random order, would cut the append
+  rate several times; lookups by key are rare and can scan one run, or build an index in bulk later.
+- One row per change per run: the writer appends with ``INSERT OR REPLACE``, so a change written twice in
+  one run (a later retry turning FAILED into SUCCESS) keeps only its latest outcome, and a summary that
+  counts rows counts each change once.
+- ``runs.counts`` is a snapshot written by ``finish_run``, so listing the history does not re-count
+  millions of rows; a run with no snapshot (still running, or killed) is counted live.
+- ``checkpoints`` is written in the same transaction as the outcomes it covers: after a kill, a checkpoint
+  never points past an outcome that was lost.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Final
+
+__all__ = ["SCHEMA_VERSION", "NewerSchema", "migrate"]
+
+SCHEMA_VERSION: Final = 1
+
+_V1: Final = """
+CREATE TABLE runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, so retry_of stays true
+    started_at  REAL NOT NULL,                      -- epoch seconds
+    finished_at REAL,
+    state       TEXT NOT NULL
+                CHECK (state IN ('running', 'completed', 'interrupted', 'failed', 'halted', 'paused')),
+    config_file TEXT NOT NULL,
+    streams     TEXT NOT NULL,                      -- JSON array of stream names, in config order
+    dry_run     INTEGER NOT NULL CHECK (dry_run IN (0, 1)),
+    retry_of    INTEGER REFERENCES runs (id),
+    read        TEXT,                               -- JSON {stream: changes read}, written at finish
+    counts      TEXT                                -- JSON snapshot of the summary counts, written at finish
+);
+
+CREATE TABLE outcomes (
+    run_id       INTEGER NOT NULL,
+    stream       TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    operation    TEXT NOT NULL,
+    module       TEXT NOT NULL,
+    related_list TEXT,
+    key          TEXT NOT NULL,
+    parent       TEXT,
+    status       TEXT NOT NULL,
+    code         TEXT,
+    message      TEXT,
+    details      TEXT,                              -- JSON object
+    crm_id       TEXT,
+    http_status  INTEGER,
+    attempts     INTEGER NOT NULL,
+    started_at   REAL,
+    finished_at  REAL,
+    note         TEXT,
+    source_row   TEXT,                              -- JSON object: the row as read, for the error export
+    PRIMARY KEY (run_id, stream, seq)
+);
+
+CREATE TABLE checkpoints (
+    run_id     INTEGER NOT NULL,
+    stream     TEXT NOT NULL,
+    position   INTEGER NOT NULL,                    -- every seq <= position has a terminal outcome
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (run_id, stream)
+) WITHOUT ROWID;
+"""
+
+# Each entry takes the schema from version i to i + 1.
+_MIGRATIONS: Final = (_V1,)
+
+
+class NewerSchema(Exception):
+    """The file was written by a newer syncengine."""
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema to ``SCHEMA_VERSION`` in one write transaction.
+
+    The transaction always writes (``user_version`` is set even when it is current), so opening a ledger
+    also proves it is writable and not locked, instead of failing later in the middle of a run.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise NewerSchema(
+                f"schema version {version} is newer than this syncengine reads ({SCHEMA_VERSION})"
+            )
+        for script in _MIGRATIONS[version:]:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # some errors (a full disk) have already rolled it back
+            conn.execute("ROLLBACK")
+        raise
