@@ -204,7 +204,11 @@ class Batcher:
 
     def _notify(self) -> None:
         self._changed.set()
-        self._changed = anyio.Event()
 
     async def _wait(self) -> None:
+        # Callers check the state right before waiting, with no await in between, so a notification
+        # that came earlier is already seen: a set event is stale and can be replaced. Replacing it
+        # here, not in _notify, keeps put() from allocating an event per change on the hot path.
+        if self._changed.is_set():
+            self._changed = anyio.Event()
         await self._changed.wait()

@@ -42,16 +42,22 @@ def write_sample(workdir: Path, *, contacts: int, seed: int = 7) -> Path:
     deals = max(10, contacts // 10)
     leads = max(10, contacts // 4)
     lead_ids = [str(111111000001000000 + i) for i in range(leads)]
+    old_links = sorted({(rng.randrange(deals), rng.randrange(contacts)) for _ in range(max(10, contacts // 20))})
     crm: dict[str, Any] = {
         "records": {
-            "Contacts": [{"External_Contact_ID": f"C{i:06d}", "Last_Name": rng.choice(LAST),
+            "Contacts": [{"id": _contact_id(i), "External_Contact_ID": f"C{i:06d}", "Last_Name": rng.choice(LAST),
                           "First_Name": rng.choice(FIRST), "Email": f"c{i}@old.example.com"}
                          for i in range(contacts)],
-            "Deals": [{"External_Deal_ID": f"D{i:05d}", "Deal_Name": f"Deal {i}", "Stage": "Qualification"}
+            "Deals": [{"id": _deal_id(i), "External_Deal_ID": f"D{i:05d}", "Deal_Name": f"Deal {i}",
+                       "Stage": "Qualification"}
                       for i in range(deals)],
             "Leads": [{"id": lid, "Last_Name": rng.choice(LAST), "Company": f"Company {n}"}
                       for n, lid in enumerate(lead_ids)],
         },
+        # Relations the CRM has from earlier syncs; the ERP has since removed some of them.
+        "relations": [{"module": "Deals", "id": _deal_id(d), "related_list": "Contacts",
+                       "related_id": _contact_id(c), "fields": {"Contact_Role": ROLES[0]}}
+                      for d, c in old_links],
     }
     seed_file = workdir / "crm-before.json"
     seed_file.write_bytes(orjson.dumps(crm))
@@ -85,23 +91,29 @@ def write_sample(workdir: Path, *, contacts: int, seed: int = 7) -> Path:
         handle.write(orjson.dumps({"crm_id": lead_ids[2], "last_name": None}) + b"\n")
         handle.write(orjson.dumps({"crm_id": lead_ids[3], "employees": "many"}) + b"\n")
 
-    links: list[tuple[str, str]] = []
     with (exports / "deal_contacts.csv").open("w", newline="", encoding="utf-8") as handle:
         out = csv.writer(handle)
         out.writerow(["deal_erp_id", "contact_erp_id", "role_id"])
         for d in range(deals):
             for c in rng.sample(range(contacts), k=min(4, contacts)):
-                links.append((f"D{d:05d}", f"C{c:06d}"))
                 out.writerow([f"D{d:05d}", f"C{c:06d}", rng.choice(ROLES)])
         out.writerow(["D99999", "C000001", ROLES[0]])  # a deal the CRM does not have
 
     with (exports / "deal_contacts_removed.csv").open("w", newline="", encoding="utf-8") as handle:
         out = csv.writer(handle)
         out.writerow(["deal_erp_id", "contact_erp_id"])
-        for deal, contact in links[: max(5, len(links) // 10)]:
-            out.writerow([deal, contact])
+        for d, c in old_links:
+            out.writerow([f"D{d:05d}", f"C{c:06d}"])
         out.writerow(["D00000", "C999998"])  # never linked: "relation not found"
     return seed_file
+
+
+def _contact_id(i: int) -> str:
+    return str(111111000003000000 + i)
+
+
+def _deal_id(i: int) -> str:
+    return str(111111000004000000 + i)
 
 
 def run_demo(*, workdir: Path, config_file: Path, contacts: int, console: Console) -> int:

@@ -19,7 +19,7 @@ from typing import IO
 
 import anyio
 import structlog
-from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from syncengine.batcher import Batcher
 from syncengine.config import Config, Secrets, StreamConfig
@@ -147,7 +147,7 @@ async def run_sync(
 
 
 async def _read(
-    stream: StreamConfig, batcher: Batcher, send: ObjectSendStream[Outcome], progress: RunProgress
+    stream: StreamConfig, batcher: Batcher, send: MemoryObjectSendStream[Outcome], progress: RunProgress
 ) -> None:
     """Stream one source into the batcher; bad rows go straight to the ledger as INVALID outcomes."""
     per_call = max_items(stream.target, stream.batch_size)

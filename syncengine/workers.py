@@ -16,7 +16,7 @@ from typing import IO
 import anyio
 import orjson
 import structlog
-from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from syncengine.batcher import Batcher
 from syncengine.crm.auth import TokenProvider
@@ -200,7 +200,7 @@ class Worker:
         *,
         sender: Sender,
         batcher: Batcher,
-        outcomes: ObjectSendStream[Outcome],
+        outcomes: MemoryObjectSendStream[Outcome],
         api_base: str,
         trigger: Sequence[str] | None,
         policy: RetryPolicy,
@@ -300,13 +300,16 @@ class Worker:
                          crm_id: str | None, tries: _Tries, http_status: int | None, details: object,
                          note: str | None = None) -> None:
         finished = time.time()
-        for change in item.changes:
-            await self._outcomes.send(Outcome(
+        outcomes = [
+            Outcome(
                 change=change, status=status, code=code, message=message,
                 details=details if isinstance(details, dict) and details else None,
                 crm_id=crm_id, http_status=http_status, attempts=tries.of(item),
                 started_at=started, finished_at=finished, note=note,
-            ))
+            )
+            for change in item.changes
+        ]
+        await send_all(self._outcomes, outcomes)
 
     def _write_dry_run(self, call: Call) -> None:
         assert self._dry_run_out is not None
@@ -318,6 +321,15 @@ class Worker:
             "body": orjson.loads(call.body) if call.body else None,
         }
         self._dry_run_out.write(orjson.dumps(line) + b"\n")
+
+
+async def send_all(stream: MemoryObjectSendStream[Outcome], outcomes: Sequence[Outcome]) -> None:
+    """Hand outcomes to the ledger writer without a scheduling point per outcome while there is room."""
+    for outcome in outcomes:
+        try:
+            stream.send_nowait(outcome)
+        except anyio.WouldBlock:
+            await stream.send(outcome)
 
 
 def failed_outcome(change: Change, *, code: str, message: str, note: str | None = None) -> Outcome:

@@ -96,6 +96,16 @@ def _details(value: object) -> dict[str, JSON]:
 
 
 def _record(entry: object) -> RecordResult:
+    if isinstance(entry, dict) and entry.get("code") == "SUCCESS":
+        # The hot path: most records succeed.
+        details = entry.get("details")
+        if isinstance(details, dict):
+            crm_id = details.get("id")
+            message = entry.get("message")
+            return RecordResult(
+                success=True, transient=False, code="SUCCESS", message=message if isinstance(message, str) else "",
+                details=details, crm_id=None if crm_id is None else str(crm_id),
+            )
     if not isinstance(entry, dict):
         return RecordResult(
             success=False, transient=True, code="UNEXPECTED_RESPONSE",

@@ -31,7 +31,7 @@ REPORT_FORMATS: Final = ("table", "csv", "jsonl")
 # The outcome's columns at the front of every exported row; the source row's columns follow.
 OUTCOME_COLUMNS: Final = ("_status", "_code", "_message", "_stream", "_seq", "_key", "_crm_id")
 
-_MESSAGE_WIDTH: Final = 60  # a table shows this much of a message; CSV and JSONL carry all of it
+_MESSAGE_WIDTH: Final = 50  # a table shows this much of a message; CSV and JSONL carry all of it
 _TABLE_CHUNK: Final = 500  # rows per rendered table: a report of millions of rows never builds one table
 
 _STATUS_STYLE: Final = {
@@ -127,8 +127,8 @@ def _outcome_table(rows: Sequence[OutcomeRow], *, header: bool) -> Table:
                   pad_edge=False)
     table.add_column("stream", width=14, no_wrap=True, overflow="ellipsis")
     table.add_column("seq", width=9, justify="right", no_wrap=True)
-    table.add_column("key", width=20, no_wrap=True, overflow="ellipsis")
-    table.add_column("status", width=8, no_wrap=True)
+    table.add_column("key", width=18, no_wrap=True, overflow="ellipsis")
+    table.add_column("status", width=9, no_wrap=True)
     table.add_column("code", width=24, no_wrap=True, overflow="ellipsis")
     table.add_column("message", width=_MESSAGE_WIDTH, no_wrap=True, overflow="ellipsis")
     table.add_column("crm id", width=20, no_wrap=True, overflow="ellipsis")

@@ -422,6 +422,10 @@ class SqliteLedger:
             return f"{exc} (another process holds a lock on it; waited {self._busy_timeout:g}s)"
         if name == "SQLITE_NOTADB":
             return f"{exc} (it is not a syncengine ledger)"
+        if name.startswith("SQLITE_READONLY"):
+            return f"{exc} (the file or its directory is not writable)"
+        if name.startswith("SQLITE_IOERR") or name == "SQLITE_FULL":
+            return f"{exc} ({name}: the disk may be full, or the file cannot grow)"
         if name.startswith("SQLITE_CANTOPEN"):
             return f"{exc} (check that the directory exists and is writable)"
         return str(exc)

@@ -312,6 +312,7 @@ class Sandbox:
     # ------------------------------------------------------------------------------- CRM
 
     async def _crm(self, request: web.Request) -> web.StreamResponse:
+        arrived = asyncio.get_running_loop().time()
         opts = self._options
         stats = self.stats
         routed = route(opts.schema, request.method, request.match_info["tail"], request.headers.get("X-EXTERNAL"))
@@ -398,20 +399,25 @@ class Sandbox:
         try:
             if not self._open.is_set():
                 await self._open.wait()
-            if delay:
-                await asyncio.sleep(delay)
+            # The latency is the whole time the call spends in the CRM, as a client measures Zoho's:
+            # our own parsing and processing are part of it, not added to it.
+            deadline = arrived + delay
             if u_error < opts.error_rate:
+                await _sleep_until(deadline)
                 stats.errors_500 += 1
                 return _json(request_error(500, "INTERNAL_ERROR", "Internal Server Error"))
             dropped = u_drop < opts.drop_rate
             if dropped and u_phase < 0.5:
+                await _sleep_until(deadline)
                 stats.drops_before += 1
                 return self._drop(request)
             reply = self._dispatch(r, request, body, data, ids)
+            response = _json(reply, self._credit_headers())
+            await _sleep_until(deadline)
             if dropped:
                 stats.drops_after += 1
                 return self._drop(request)
-            return _json(reply, self._credit_headers())
+            return response
         finally:
             stats.in_flight -= 1
             if is_complex:
@@ -527,3 +533,9 @@ class Sandbox:
         if r.settings == "fields":
             return Reply(status=200, body=metadata.fields_json(schema, spec))
         return Reply(status=200, body=metadata.related_lists_json(schema, spec))
+
+
+async def _sleep_until(deadline: float) -> None:
+    remaining = deadline - asyncio.get_running_loop().time()
+    if remaining > 0:
+        await asyncio.sleep(remaining)
