@@ -24,8 +24,9 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=100.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_saturation(Path(tmp), changes=args.changes, concurrency=args.concurrency,
-                                latency_ms=args.latency_ms)
+        result = run_saturation(
+            Path(tmp), changes=args.changes, concurrency=args.concurrency, latency_ms=args.latency_ms
+        )
     row = dataclasses.asdict(result)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "saturation.json").write_text(json.dumps(row, indent=2) + "\n")

@@ -70,8 +70,12 @@ def run_saturation(workdir: Path, *, changes: int, concurrency: int, latency_ms:
     if not seed.exists():
         with seed.open("wb") as handle:
             for i in range(changes):
-                handle.write(orjson.dumps({"module": "Contacts", "record": {
-                    "External_Contact_ID": f"C{i:07d}", "Last_Name": "Before"}}) + b"\n")
+                handle.write(
+                    orjson.dumps(
+                        {"module": "Contacts", "record": {"External_Contact_ID": f"C{i:07d}", "Last_Name": "Before"}}
+                    )
+                    + b"\n"
+                )
     if not source.exists():
         with source.open("w", newline="") as handle:
             out = csv.writer(handle)
@@ -93,22 +97,46 @@ def run_saturation(workdir: Path, *, changes: int, concurrency: int, latency_ms:
         'fields = { Last_Name = "last_name", Title = "title" }\n'
     )
     sandbox = subprocess.Popen(
-        [sys.executable, "-m", "syncengine", "sandbox", "--port", str(port), "--data", str(seed),
-         "--concurrency", str(concurrency), "--sub-concurrency", str(min(concurrency, 10)),
-         "--latency-ms", f"{latency_ms},{latency_ms}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "syncengine",
+            "sandbox",
+            "--port",
+            str(port),
+            "--data",
+            str(seed),
+            "--concurrency",
+            str(concurrency),
+            "--sub-concurrency",
+            str(min(concurrency, 10)),
+            "--latency-ms",
+            f"{latency_ms},{latency_ms}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         _wait_for(f"{base}/__sandbox/stats", timeout=120)
-        env = {**os.environ, "ZOHO_CLIENT_ID": "sandbox-client-id", "ZOHO_CLIENT_SECRET": "sandbox-client-secret",
-               "ZOHO_REFRESH_TOKEN": "sandbox-refresh-token"}
+        env = {
+            **os.environ,
+            "ZOHO_CLIENT_ID": "sandbox-client-id",
+            "ZOHO_CLIENT_SECRET": "sandbox-client-secret",
+            "ZOHO_REFRESH_TOKEN": "sandbox-refresh-token",
+        }
         engine = subprocess.run(
             [sys.executable, "-m", "syncengine", "--json-logs", "run", str(config)],
-            env=env, capture_output=True, text=True, check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         finished = next(
-            (json.loads(line) for line in engine.stderr.splitlines()
-             if line.startswith("{") and '"syncengine.run_finished"' in line),
+            (
+                json.loads(line)
+                for line in engine.stderr.splitlines()
+                if line.startswith("{") and '"syncengine.run_finished"' in line
+            ),
             None,
         )
         if finished is None:
@@ -125,9 +153,16 @@ def run_saturation(workdir: Path, *, changes: int, concurrency: int, latency_ms:
 
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return SaturationResult(
-        changes=changes, concurrency=concurrency, latency_ms=latency_ms, elapsed_s=round(elapsed, 2),
-        records_per_s=round(rate), limit_per_s=round(limit), ratio_to_limit=round(rate / limit, 3),
+        changes=changes,
+        concurrency=concurrency,
+        latency_ms=latency_ms,
+        elapsed_s=round(elapsed, 2),
+        records_per_s=round(rate),
+        limit_per_s=round(limit),
+        ratio_to_limit=round(rate / limit, 3),
         max_in_flight=int(stats["max_in_flight"]),  # type: ignore[call-overload]
         throttled=sum(int(v) for v in stats["throttled_429"].values()),  # type: ignore[attr-defined]
-        succeeded=succeeded, lost=changes - succeeded, peak_rss_mb=round(peak, 1),
+        succeeded=succeeded,
+        lost=changes - succeeded,
+        peak_rss_mb=round(peak, 1),
     )

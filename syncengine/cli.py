@@ -6,6 +6,7 @@ Exit codes: 0 every change SUCCESS (or skipped), 1 some changes not SUCCESS, 2 u
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -50,13 +51,17 @@ def cli(json_logs: bool | None) -> None:
 @click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--stream", "streams", multiple=True, help="Run only this stream (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Build every request but send none; write them to --requests-out.")
-@click.option("--requests-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where a dry run writes the would-be requests (JSONL). Default: <config>.dry-run.jsonl")
+@click.option(
+    "--requests-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where a dry run writes the would-be requests (JSONL). Default: <config>.dry-run.jsonl",
+)
 def run(config_file: Path, streams: tuple[str, ...], dry_run: bool, requests_out: Path | None) -> None:
     """Run every stream of CONFIG_FILE once (or only --stream NAME)."""
     config = _load(config_file)
     for name in streams:
-        _guard(lambda n=name: config.stream(n))
+        _guard(functools.partial(config.stream, name))
     secrets = None
     if not dry_run:
         secrets = _guard(lambda: load_secrets(config.crm, os.environ))
@@ -88,19 +93,42 @@ def execute(config: Config, secrets: Secrets | None, options: RunOptions) -> int
 
 @cli.command()
 @click.argument("run_id", required=False, type=int)
-@click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Config whose ledger to read.")
-@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Ledger file to read (default: the config's, or ./syncengine.db).")
-@click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in Status]),
-              help="Only these statuses (repeatable).")
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Config whose ledger to read.",
+)
+@click.option(
+    "--ledger",
+    "ledger_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ledger file to read (default: the config's, or ./syncengine.db).",
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in Status]),
+    help="Only these statuses (repeatable).",
+)
 @click.option("--errors", is_flag=True, help="Only REJECTED, FAILED and INVALID: the error export.")
 @click.option("--code", "codes", multiple=True, help="Only these CRM or syncengine codes (repeatable).")
 @click.option("--stream", default=None, help="Only this stream.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not stdout.")
-def report(run_id: int | None, config_file: Path | None, ledger_path: Path | None, statuses: tuple[str, ...],
-           errors: bool, codes: tuple[str, ...], stream: str | None, fmt: str, output: Path | None) -> None:
+def report(
+    run_id: int | None,
+    config_file: Path | None,
+    ledger_path: Path | None,
+    statuses: tuple[str, ...],
+    errors: bool,
+    codes: tuple[str, ...],
+    stream: str | None,
+    fmt: str,
+    output: Path | None,
+) -> None:
     """Per-record outcomes of RUN (default: the latest run) as a table, CSV or JSONL.
 
     CSV and JSONL carry the source row's columns after the outcome's, so an error export can be fixed
@@ -115,11 +143,13 @@ def report(run_id: int | None, config_file: Path | None, ledger_path: Path | Non
             if rid is None:
                 raise LedgerError(str(path), "no runs recorded yet")
             if output is None:
-                return await write_report(ledger, rid, sys.stdout, fmt=fmt, statuses=wanted or None,
-                                          codes=codes or None, stream=stream)
+                return await write_report(
+                    ledger, rid, sys.stdout, fmt=fmt, statuses=wanted or None, codes=codes or None, stream=stream
+                )
             with output.open("w", newline="", encoding="utf-8") as handle:
-                return await write_report(ledger, rid, handle, fmt=fmt, statuses=wanted or None,
-                                          codes=codes or None, stream=stream)
+                return await write_report(
+                    ledger, rid, handle, fmt=fmt, statuses=wanted or None, codes=codes or None, stream=stream
+                )
 
     rows = _guard(lambda: anyio.run(main))
     if output is not None:
@@ -142,10 +172,21 @@ def runs(config_file: Path | None, ledger_path: Path | None, limit: int) -> None
 
 
 @cli.command()
-@click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".demo"),
-              show_default=True, help="Where the sample export, ledger and reports go.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("configs/demo.toml"), show_default=True)
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".demo"),
+    show_default=True,
+    help="Where the sample export, ledger and reports go.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("configs/demo.toml"),
+    show_default=True,
+)
 @click.option("--contacts", default=5000, show_default=True, help="Contacts in the sample export.")
 def demo(workdir: Path, config_file: Path, contacts: int) -> None:
     """Start the sandbox, write a sample ERP export, sync it with configs/demo.toml, and report."""

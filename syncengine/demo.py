@@ -45,33 +45,73 @@ def write_sample(workdir: Path, *, contacts: int, seed: int = 7) -> Path:
     old_links = sorted({(rng.randrange(deals), rng.randrange(contacts)) for _ in range(max(10, contacts // 20))})
     crm: dict[str, Any] = {
         "records": {
-            "Contacts": [{"id": _contact_id(i), "External_Contact_ID": f"C{i:06d}", "Last_Name": rng.choice(LAST),
-                          "First_Name": rng.choice(FIRST), "Email": f"c{i}@old.example.com"}
-                         for i in range(contacts)],
-            "Deals": [{"id": _deal_id(i), "External_Deal_ID": f"D{i:05d}", "Deal_Name": f"Deal {i}",
-                       "Stage": "Qualification"}
-                      for i in range(deals)],
-            "Leads": [{"id": lid, "Last_Name": rng.choice(LAST), "Company": f"Company {n}"}
-                      for n, lid in enumerate(lead_ids)],
+            "Contacts": [
+                {
+                    "id": _contact_id(i),
+                    "External_Contact_ID": f"C{i:06d}",
+                    "Last_Name": rng.choice(LAST),
+                    "First_Name": rng.choice(FIRST),
+                    "Email": f"c{i}@old.example.com",
+                }
+                for i in range(contacts)
+            ],
+            "Deals": [
+                {"id": _deal_id(i), "External_Deal_ID": f"D{i:05d}", "Deal_Name": f"Deal {i}", "Stage": "Qualification"}
+                for i in range(deals)
+            ],
+            "Leads": [
+                {"id": lid, "Last_Name": rng.choice(LAST), "Company": f"Company {n}"} for n, lid in enumerate(lead_ids)
+            ],
         },
         # Relations the CRM has from earlier syncs; the ERP has since removed some of them.
-        "relations": [{"module": "Deals", "id": _deal_id(d), "related_list": "Contacts",
-                       "related_id": _contact_id(c), "fields": {"Contact_Role": ROLES[0]}}
-                      for d, c in old_links],
+        "relations": [
+            {
+                "module": "Deals",
+                "id": _deal_id(d),
+                "related_list": "Contacts",
+                "related_id": _contact_id(c),
+                "fields": {"Contact_Role": ROLES[0]},
+            }
+            for d, c in old_links
+        ],
     }
     seed_file = workdir / "crm-before.json"
     seed_file.write_bytes(orjson.dumps(crm))
 
     with (exports / "contacts.csv").open("w", newline="", encoding="utf-8") as handle:
         out = csv.writer(handle)
-        out.writerow(["erp_id", "first_name", "last_name", "email", "phone", "title", "city", "country",
-                      "birth_date", "opt_out", "erp_note"])
+        out.writerow(
+            [
+                "erp_id",
+                "first_name",
+                "last_name",
+                "email",
+                "phone",
+                "title",
+                "city",
+                "country",
+                "birth_date",
+                "opt_out",
+                "erp_note",
+            ]
+        )
         for i in range(contacts):
             city, country = rng.choice(CITIES)
-            out.writerow([f"C{i:06d}", rng.choice(FIRST), rng.choice(LAST), f"c{i}@example.com",
-                          f"+1-555-{i:07d}", rng.choice(TITLES), city, country,
-                          f"19{rng.randint(50, 99)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
-                          rng.choice(["yes", "no", ""]), "unmapped column: kept in the ledger, not sent"])
+            out.writerow(
+                [
+                    f"C{i:06d}",
+                    rng.choice(FIRST),
+                    rng.choice(LAST),
+                    f"c{i}@example.com",
+                    f"+1-555-{i:07d}",
+                    rng.choice(TITLES),
+                    city,
+                    country,
+                    f"19{rng.randint(50, 99)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
+                    rng.choice(["yes", "no", ""]),
+                    "unmapped column: kept in the ledger, not sent",
+                ]
+            )
         # The bad rows, one of each kind:
         out.writerow(["", "No", "Key", "nokey@example.com", "", "", "", "", "", "", "missing key"])
         out.writerow(["C999999", "Not", "InCrm", "ghost@example.com", "", "", "", "", "", "", "unknown ext id"])
@@ -82,9 +122,17 @@ def write_sample(workdir: Path, *, contacts: int, seed: int = 7) -> Path:
 
     with (exports / "leads.jsonl").open("wb") as handle:
         for lid in lead_ids:
-            handle.write(orjson.dumps({"crm_id": lid, "status": rng.choice(STATUSES),
-                                       "revenue": round(rng.uniform(1e4, 5e6), 2),
-                                       "employees": rng.randint(1, 5000)}) + b"\n")
+            handle.write(
+                orjson.dumps(
+                    {
+                        "crm_id": lid,
+                        "status": rng.choice(STATUSES),
+                        "revenue": round(rng.uniform(1e4, 5e6), 2),
+                        "employees": rng.randint(1, 5000),
+                    }
+                )
+                + b"\n"
+            )
         handle.write(orjson.dumps({"crm_id": "111111999999999999", "status": "Contacted"}) + b"\n")
         handle.write(orjson.dumps({"crm_id": "not-a-number", "status": "Contacted"}) + b"\n")
         handle.write(b'{"crm_id": "111111000001000001", "status": \n')
@@ -124,10 +172,15 @@ def run_demo(*, workdir: Path, config_file: Path, contacts: int, console: Consol
     if config.ledger.path.exists():
         config.ledger.path.unlink()  # each demo starts from a clean ledger
     port = int(config.crm.api_domain.rsplit(":", 1)[1])
-    options = SandboxOptions(port=port, data_file=seed_file, concurrency=config.crm.concurrency,
-                             latency_ms=(20.0, 80.0), seed=1)
-    secrets = Secrets(client_id=options.client_id, client_secret=options.client_secret,
-                      refresh_token=options.refresh_token, access_token=None)
+    options = SandboxOptions(
+        port=port, data_file=seed_file, concurrency=config.crm.concurrency, latency_ms=(20.0, 80.0), seed=1
+    )
+    secrets = Secrets(
+        client_id=options.client_id,
+        client_secret=options.client_secret,
+        refresh_token=options.refresh_token,
+        access_token=None,
+    )
     errors_file = workdir / "errors.csv"
 
     async def main() -> int:

@@ -83,9 +83,7 @@ class CreditMeter:
 class Limits:
     """Every limit a call passes through, in the order that never wastes a slot."""
 
-    def __init__(
-        self, *, concurrency: int, sub_concurrency: int, requests_per_second: float | None = None
-    ) -> None:
+    def __init__(self, *, concurrency: int, sub_concurrency: int, requests_per_second: float | None = None) -> None:
         self.general = AdaptiveLimit(concurrency)
         self._complex = anyio.Semaphore(min(sub_concurrency, concurrency))
         self._rate = AsyncLimiter(requests_per_second, 1.0) if requests_per_second else None

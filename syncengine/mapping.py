@@ -66,9 +66,7 @@ class Mapper:
             (f.field, f.value) for f in stream.fields if f.column is None
         )
         self._columns: tuple[tuple[str, str, Converter | None, bool], ...] = tuple(
-            (f.field, f.column, _CONVERTERS[f.type], f.required)
-            for f in stream.fields
-            if f.column is not None
+            (f.field, f.column, _CONVERTERS[f.type], f.required) for f in stream.fields if f.column is not None
         )
 
     def __call__(self, row: SourceRow | BadRow) -> Change | Outcome:

@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 # A JSON value as orjson reads and writes it.
-JSON: TypeAlias = "str | int | float | bool | None | list[JSON] | dict[str, JSON]"
+JSON: TypeAlias = "str | int | float | bool | list[JSON] | dict[str, JSON] | None"
 
 
 class Operation(StrEnum):

@@ -26,7 +26,7 @@ from syncengine.config import Config, Secrets, StreamConfig
 from syncengine.crm.auth import TokenProvider
 from syncengine.crm.requests import max_items
 from syncengine.crm.transport import Transport
-from syncengine.errors import CreditsExhausted, StreamHalted
+from syncengine.errors import AuthError, CreditsExhausted, SecretsError, StreamHalted
 from syncengine.ledger import LedgerWriter, RunSummary, SqliteLedger
 from syncengine.limits import CreditMeter, Limits
 from syncengine.mapping import to_change
@@ -57,7 +57,8 @@ class RunResult:
 
     summary: RunSummary
     halted: tuple[str, ...]  # messages of streams stopped by a request-level config error
-    stopped: str | None  # why the run stopped early (credits, budget), if it did
+    stopped: str | None  # why the run stopped early (credits, budget, auth), if it did
+    fatal: bool  # stopped by something only the user can fix (credentials): exit code 2
     calls: int
     throttled: int
     refreshes: int
@@ -78,6 +79,7 @@ async def run_sync(
     crm = config.crm
     halted: list[str] = []
     stopped: str | None = None
+    fatal = False
     stats = CallStats()
     started = time.monotonic()
     async with AsyncExitStack() as stack:
@@ -93,13 +95,23 @@ async def run_sync(
             Transport(timeout=crm.timeout, max_connections=crm.concurrency + 2, ca_file=crm.ca_file)
         )
         tokens = None if dry_run or secrets is None else TokenProvider(transport, crm.token_url, secrets)
-        limits = Limits(concurrency=crm.concurrency, sub_concurrency=crm.sub_concurrency,
-                        requests_per_second=crm.requests_per_second)
-        sender = Sender(request=transport.request, tokens=tokens, limits=limits,
-                        credits=CreditMeter(crm.credit_budget), policy=options.policy, stats=stats)
+        limits = Limits(
+            concurrency=crm.concurrency,
+            sub_concurrency=crm.sub_concurrency,
+            requests_per_second=crm.requests_per_second,
+        )
+        sender = Sender(
+            request=transport.request,
+            tokens=tokens,
+            limits=limits,
+            credits=CreditMeter(crm.credit_budget),
+            policy=options.policy,
+            stats=stats,
+        )
         batcher = Batcher(max_buffered=options.max_buffered)
-        run_id = await ledger.start_run(config_file=str(config.file), streams=[s.name for s in streams],
-                                        dry_run=dry_run)
+        run_id = await ledger.start_run(
+            config_file=str(config.file), streams=[s.name for s in streams], dry_run=dry_run
+        )
         log.info("syncengine.run_started", run_id=run_id, streams=[s.name for s in streams], dry_run=dry_run)
         send, receive = anyio.create_memory_object_stream[Outcome](options.outcome_buffer)
         writer = LedgerWriter(ledger, run_id, on_flush=progress.on_flush)
@@ -110,39 +122,73 @@ async def run_sync(
             halted.append(f"{error.stream}: {error.code}: {error.message}")
             log.error("syncengine.stream_halted", stream=error.stream, code=error.code, message=error.message)
             for change in batcher.halt(error.stream):
-                await send.send(failed_outcome(change, code=error.code, message=error.message,
-                                               note=f"stream {error.stream!r} halted"))
+                await send.send(
+                    failed_outcome(
+                        change, code=error.code, message=error.message, note=f"stream {error.stream!r} halted"
+                    )
+                )
 
-        state = "completed"
+        state = "interrupted"  # unless the run gets to say otherwise
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(writer.run, receive)
-                async with send, anyio.create_task_group() as stages:
-                    for stream in streams:
-                        batcher.open_input()
-                        stages.start_soon(_read, stream, batcher, send.clone(), progress)
-                    for _ in range(crm.concurrency):
-                        worker = Worker(sender=sender, batcher=batcher, outcomes=send, api_base=crm.api_base,
-                                        trigger=crm.trigger, policy=options.policy, on_halt=on_halt,
-                                        dry_run_out=dry_out)
-                        stages.start_soon(worker.run)
-        except* CreditsExhausted as group:
-            stopped, state = str(group.exceptions[0]), "paused"
-            log.error("syncengine.credits_exhausted", message=stopped)
-        except* BudgetReached as group:
-            stopped, state = str(group.exceptions[0]), "paused"
-            log.warning("syncengine.budget_reached", message=stopped)
-        if halted and state == "completed":
-            state = "halted"
-        summary = await ledger.finish_run(run_id, state=state, read=dict(progress.read))
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(writer.run, receive)
+                    async with send, anyio.create_task_group() as stages:
+                        for stream in streams:
+                            batcher.open_input()
+                            stages.start_soon(_read, stream, batcher, send.clone(), progress)
+                        for _ in range(crm.concurrency):
+                            worker = Worker(
+                                sender=sender,
+                                batcher=batcher,
+                                outcomes=send,
+                                api_base=crm.api_base,
+                                trigger=crm.trigger,
+                                policy=options.policy,
+                                on_halt=on_halt,
+                                dry_run_out=dry_out,
+                            )
+                            stages.start_soon(worker.run)
+                state = "halted" if halted else "completed"
+            except* CreditsExhausted as group:
+                stopped, state = str(group.exceptions[0]), "paused"
+                log.error("syncengine.credits_exhausted", message=stopped)
+            except* BudgetReached as group:
+                stopped, state = str(group.exceptions[0]), "paused"
+                log.warning("syncengine.budget_reached", message=stopped)
+            except* (AuthError, SecretsError) as group:
+                stopped, state, fatal = str(group.exceptions[0]), "failed", True
+                log.error("syncengine.auth_failed", message=stopped)
+        finally:
+            # Ctrl-C or a crash still closes the run in the ledger with what was committed.
+            with anyio.CancelScope(shield=True):
+                summary = await ledger.finish_run(run_id, state=state, read=dict(progress.read))
     elapsed = time.monotonic() - started
-    log.info("syncengine.run_finished", run_id=run_id, state=state, read=summary.read, succeeded=summary.succeeded,
-             rejected=summary.rejected, failed=summary.failed, invalid=summary.invalid, pending=summary.pending,
-             calls=stats.calls, throttled=stats.throttled, max_in_flight=limits.general.max_in_flight,
-             elapsed_s=round(elapsed, 3), rate=round(summary.read / elapsed, 1) if elapsed > 0 else None)
+    log.info(
+        "syncengine.run_finished",
+        run_id=run_id,
+        state=state,
+        read=summary.read,
+        succeeded=summary.succeeded,
+        rejected=summary.rejected,
+        failed=summary.failed,
+        invalid=summary.invalid,
+        pending=summary.pending,
+        calls=stats.calls,
+        throttled=stats.throttled,
+        max_in_flight=limits.general.max_in_flight,
+        elapsed_s=round(elapsed, 3),
+        rate=round(summary.read / elapsed, 1) if elapsed > 0 else None,
+    )
     return RunResult(
-        summary=summary, halted=tuple(halted), stopped=stopped, calls=stats.calls, throttled=stats.throttled,
-        refreshes=tokens.refreshes if tokens is not None else 0, max_in_flight=limits.general.max_in_flight,
+        summary=summary,
+        halted=tuple(halted),
+        stopped=stopped,
+        fatal=fatal,
+        calls=stats.calls,
+        throttled=stats.throttled,
+        refreshes=tokens.refreshes if tokens is not None else 0,
+        max_in_flight=limits.general.max_in_flight,
     )
 
 
@@ -159,8 +205,11 @@ async def _read(
                 if isinstance(result, Outcome):
                     await send.send(result)
                 elif not await batcher.put(result, max_items=per_call, linger=stream.linger):
-                    await send.send(failed_outcome(result, code="STREAM_HALTED",
-                                                   message="not sent: the stream was halted by an earlier error"))
+                    await send.send(
+                        failed_outcome(
+                            result, code="STREAM_HALTED", message="not sent: the stream was halted by an earlier error"
+                        )
+                    )
                     return
     finally:
         batcher.close_input()

@@ -38,6 +38,8 @@ async def run_with_progress(
 
 
 def exit_code(result: RunResult) -> int:
-    """0 when every change is SUCCESS or SKIPPED, else 1."""
+    """0 when every change is SUCCESS or SKIPPED, 2 when credentials were refused, else 1."""
+    if result.fatal:
+        return EXIT_USAGE
     s = result.summary
     return EXIT_OK if s.rejected + s.failed + s.invalid + s.pending == 0 else EXIT_NOT_ALL_SUCCESS

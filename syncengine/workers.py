@@ -135,8 +135,13 @@ class Sender:
                 transient += 1
                 self.stats.transport_errors += 1
                 if not failure.retryable or transient >= self._policy.attempts:
-                    return GaveUp(code="TRANSPORT_ERROR", message=failure.reason, http_status=None,
-                                  calls=calls, ambiguous=ambiguous)
+                    return GaveUp(
+                        code="TRANSPORT_ERROR",
+                        message=failure.reason,
+                        http_status=None,
+                        calls=calls,
+                        ambiguous=ambiguous,
+                    )
                 await self._pause(transient)
                 continue
             if response.credits_remaining is not None:
@@ -161,8 +166,13 @@ class Sender:
             if action is Action.RETRY:
                 transient += 1
                 if transient >= self._policy.attempts:
-                    return GaveUp(code=verdict.code, message=verdict.message, http_status=verdict.http_status,
-                                  calls=calls, ambiguous=ambiguous)
+                    return GaveUp(
+                        code=verdict.code,
+                        message=verdict.message,
+                        http_status=verdict.http_status,
+                        calls=calls,
+                        ambiguous=ambiguous,
+                    )
                 await self._pause(transient)
                 continue
             if action is Action.REFRESH and self._tokens is not None and refreshes < self._policy.auth_attempts:
@@ -228,14 +238,27 @@ class Worker:
         stream = payload.items[0].changes[0].stream
         if self._dry_run_out is not None:
             self._write_dry_run(build_call(payload, self._api_base, trigger=self._trigger))
-            await self._emit_all(payload.items, started, status=Status.SKIPPED, code="DRY_RUN",
-                                 message="dry run: request written, not sent", tries=_Tries())
+            await self._emit_all(
+                payload.items,
+                started,
+                status=Status.SKIPPED,
+                code="DRY_RUN",
+                message="dry run: request written, not sent",
+                tries=_Tries(),
+            )
             return
         try:
             await self._send(payload, payload.items, started, _Tries())
         except StreamHalted as halted:
-            await self._emit_all(payload.items, started, status=Status.FAILED, code=halted.code,
-                                 message=halted.message, tries=_Tries(), note=f"stream {stream!r} halted")
+            await self._emit_all(
+                payload.items,
+                started,
+                status=Status.FAILED,
+                code=halted.code,
+                message=halted.message,
+                tries=_Tries(),
+                note=f"stream {stream!r} halted",
+            )
             await self._on_halt(halted)
 
     async def _send(self, payload: Payload, items: Sequence[PayloadItem], started: float, tries: _Tries) -> None:
@@ -244,13 +267,21 @@ class Worker:
         ambiguous = False
         for round_ in range(self._policy.record_attempts):
             sub = replace(payload, items=tuple(pending))
-            result = await self._sender.send(sub, build_call(sub, self._api_base, trigger=self._trigger),
-                                             pending[0].changes[0].stream)
+            result = await self._sender.send(
+                sub, build_call(sub, self._api_base, trigger=self._trigger), pending[0].changes[0].stream
+            )
             tries.add(pending, result.calls)
             ambiguous |= result.ambiguous
             if isinstance(result, GaveUp):
-                await self._emit_all(pending, started, status=Status.FAILED, code=result.code,
-                                     message=result.message, tries=tries, http_status=result.http_status)
+                await self._emit_all(
+                    pending,
+                    started,
+                    status=Status.FAILED,
+                    code=result.code,
+                    message=result.message,
+                    tries=tries,
+                    http_status=result.http_status,
+                )
                 return
             verdict = result.verdict
             if isinstance(verdict, Refused):
@@ -261,51 +292,111 @@ class Worker:
                     await self._send(payload, pending[half:], started, tries)
                     return
                 status = Status.REJECTED if verdict.action is Action.REJECT else Status.FAILED
-                await self._emit_all(pending, started, status=status, code=verdict.code, message=verdict.message,
-                                     tries=tries, http_status=verdict.http_status, details=verdict.details)
+                await self._emit_all(
+                    pending,
+                    started,
+                    status=status,
+                    code=verdict.code,
+                    message=verdict.message,
+                    tries=tries,
+                    http_status=verdict.http_status,
+                    details=verdict.details,
+                )
                 return
             retry: list[PayloadItem] = []
             for item, record in zip(pending, verdict.results, strict=True):
-                common = {"tries": tries, "http_status": verdict.http_status, "details": record.details}
-                if record.success:
-                    await self._emit_item(item, started, status=Status.SUCCESS, code=record.code,
-                                          message=record.message, crm_id=record.crm_id, **common)  # type: ignore[arg-type]
-                elif (ambiguous and payload.target.operation is Operation.DELETE_RELATED
-                      and relation_not_found(record)):
-                    await self._emit_item(item, started, status=Status.SUCCESS, code="SUCCESS",
-                                          message="relation removed", crm_id=None,
-                                          note="ambiguous retry: an earlier try had already removed the relation",
-                                          **common)  # type: ignore[arg-type]
-                elif record.transient:
+                if record.transient:
                     retry.append(item)
                     last_code, last_message, last_status = record.code, record.message, verdict.http_status
-                else:
-                    await self._emit_item(item, started, status=Status.REJECTED, code=record.code,
-                                          message=record.message, crm_id=None, **common)  # type: ignore[arg-type]
+                    continue
+                status, code, message, note = Status.REJECTED, record.code, record.message, None
+                if record.success:
+                    status = Status.SUCCESS
+                elif ambiguous and payload.target.operation is Operation.DELETE_RELATED and relation_not_found(record):
+                    # A delink retried after a drop that may have been applied: it was.
+                    status, code, message = Status.SUCCESS, "SUCCESS", "relation removed"
+                    note = "ambiguous retry: an earlier try had already removed the relation"
+                await self._emit_item(
+                    item,
+                    started,
+                    status=status,
+                    code=code,
+                    message=message,
+                    crm_id=record.crm_id,
+                    tries=tries,
+                    http_status=verdict.http_status,
+                    details=record.details,
+                    note=note,
+                )
             if not retry:
                 return
             pending = retry
             await anyio.sleep(self._policy.backoff(round_))
-        await self._emit_all(pending, started, status=Status.FAILED, code=last_code, message=last_message,
-                             tries=tries, http_status=last_status)
+        await self._emit_all(
+            pending,
+            started,
+            status=Status.FAILED,
+            code=last_code,
+            message=last_message,
+            tries=tries,
+            http_status=last_status,
+        )
 
-    async def _emit_all(self, items: Sequence[PayloadItem], started: float, *, status: Status, code: str,
-                        message: str, tries: _Tries, http_status: int | None = None,
-                        details: object = None, note: str | None = None) -> None:
+    async def _emit_all(
+        self,
+        items: Sequence[PayloadItem],
+        started: float,
+        *,
+        status: Status,
+        code: str,
+        message: str,
+        tries: _Tries,
+        http_status: int | None = None,
+        details: object = None,
+        note: str | None = None,
+    ) -> None:
         for item in items:
-            await self._emit_item(item, started, status=status, code=code, message=message, crm_id=None,
-                                  tries=tries, http_status=http_status, details=details, note=note)
+            await self._emit_item(
+                item,
+                started,
+                status=status,
+                code=code,
+                message=message,
+                crm_id=None,
+                tries=tries,
+                http_status=http_status,
+                details=details,
+                note=note,
+            )
 
-    async def _emit_item(self, item: PayloadItem, started: float, *, status: Status, code: str, message: str,
-                         crm_id: str | None, tries: _Tries, http_status: int | None, details: object,
-                         note: str | None = None) -> None:
+    async def _emit_item(
+        self,
+        item: PayloadItem,
+        started: float,
+        *,
+        status: Status,
+        code: str,
+        message: str,
+        crm_id: str | None,
+        tries: _Tries,
+        http_status: int | None,
+        details: object,
+        note: str | None = None,
+    ) -> None:
         finished = time.time()
         outcomes = [
             Outcome(
-                change=change, status=status, code=code, message=message,
+                change=change,
+                status=status,
+                code=code,
+                message=message,
                 details=details if isinstance(details, dict) and details else None,
-                crm_id=crm_id, http_status=http_status, attempts=tries.of(item),
-                started_at=started, finished_at=finished, note=note,
+                crm_id=crm_id,
+                http_status=http_status,
+                attempts=tries.of(item),
+                started_at=started,
+                finished_at=finished,
+                note=note,
             )
             for change in item.changes
         ]
@@ -335,5 +426,13 @@ async def send_all(stream: MemoryObjectSendStream[Outcome], outcomes: Sequence[O
 def failed_outcome(change: Change, *, code: str, message: str, note: str | None = None) -> Outcome:
     """An outcome for a change that never reached a call (its stream was halted first)."""
     now = time.time()
-    return Outcome(change=change, status=Status.FAILED, code=code, message=message, attempts=0,
-                   started_at=now, finished_at=now, note=note)
+    return Outcome(
+        change=change,
+        status=Status.FAILED,
+        code=code,
+        message=message,
+        attempts=0,
+        started_at=now,
+        finished_at=now,
+        note=note,
+    )

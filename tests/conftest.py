@@ -18,8 +18,12 @@ from syncengine.workers import RetryPolicy
 # Short waits: the tests exercise the same retry paths as production, only faster.
 FAST = RetryPolicy(wait_initial=0.005, wait_max=0.05)
 
-SECRETS = Secrets(client_id="sandbox-client-id", client_secret="sandbox-client-secret",
-                  refresh_token="sandbox-refresh-token", access_token=None)
+SECRETS = Secrets(
+    client_id="sandbox-client-id",
+    client_secret="sandbox-client-secret",
+    refresh_token="sandbox-refresh-token",
+    access_token=None,
+)
 
 
 @pytest.fixture

@@ -11,10 +11,15 @@ from syncengine.batcher import Batcher
 from syncengine.model import Change, Operation, Target
 
 UPDATE = Target(operation=Operation.UPDATE, module="Contacts", match_field="External_Contact_ID")
-LINK = Target(operation=Operation.UPDATE_RELATED, module="Contacts", related_list="Deals",
-              related_module="Deals", match_field="External_Deal_ID", parent_match_field="External_Contact_ID")
-UNLINK = Target(operation=Operation.DELETE_RELATED, module="Contacts", related_list="Deals",
-                related_module="Deals")
+LINK = Target(
+    operation=Operation.UPDATE_RELATED,
+    module="Contacts",
+    related_list="Deals",
+    related_module="Deals",
+    match_field="External_Deal_ID",
+    parent_match_field="External_Contact_ID",
+)
+UNLINK = Target(operation=Operation.DELETE_RELATED, module="Contacts", related_list="Deals", related_module="Deals")
 
 
 def change(seq: int, key: str, target: Target = UPDATE, parent: str | None = None, **fields: object) -> Change:
@@ -139,8 +144,7 @@ async def test_concurrent_workers_never_share_a_key_and_keep_order(seed: int) ->
     async def feed() -> None:
         batcher.open_input()
         for seq in range(3000):
-            await batcher.put(change(seq, f"k{rng.randrange(60)}"), max_items=rng.choice([1, 7, 100]),
-                              linger=0.01)
+            await batcher.put(change(seq, f"k{rng.randrange(60)}"), max_items=rng.choice([1, 7, 100]), linger=0.01)
         batcher.close_input()
 
     async def work() -> None:
@@ -162,5 +166,3 @@ async def test_concurrent_workers_never_share_a_key_and_keep_order(seed: int) ->
     assert not violations
     assert sum(len(v) for v in applied.values()) == 3000
     assert all(seqs == sorted(seqs) for seqs in applied.values())
-
-

@@ -142,9 +142,7 @@ def test_full_config_round_trip(tmp_path: Path) -> None:
     assert contacts.source.path == tmp_path.resolve() / "exports" / "contacts.csv"
     assert (contacts.source.delimiter, contacts.source.quotechar, contacts.source.empty) == (";", "'", "null")
     assert contacts.source.encoding == "cp1252"
-    assert contacts.target == Target(
-        operation=Operation.UPDATE, module="Contacts", match_field="External_Contact_ID"
-    )
+    assert contacts.target == Target(operation=Operation.UPDATE, module="Contacts", match_field="External_Contact_ID")
     assert contacts.match == KeyConfig(column="erp_id", field="External_Contact_ID")
     assert contacts.parent is None
     assert contacts.fields == (
@@ -384,18 +382,10 @@ MISTAKES = [
         "at most concurrency (4), got 6",
         id="sub-above-concurrency",
     ),
-    pytest.param(
-        CRM + "requests_per_second = 0\n" + CONTACTS, "crm.requests_per_second", "> 0", id="zero-rate"
-    ),
-    pytest.param(
-        CRM + "credit_budget = -1\n" + CONTACTS, "crm.credit_budget", "an integer >= 1", id="negative-budget"
-    ),
-    pytest.param(
-        CRM + 'trigger = ["workflows"]\n' + CONTACTS, "crm.trigger[0]", "'workflow'", id="bad-trigger"
-    ),
-    pytest.param(
-        CRM + 'trigger = "workflow"\n' + CONTACTS, "crm.trigger", "an array of", id="trigger-string"
-    ),
+    pytest.param(CRM + "requests_per_second = 0\n" + CONTACTS, "crm.requests_per_second", "> 0", id="zero-rate"),
+    pytest.param(CRM + "credit_budget = -1\n" + CONTACTS, "crm.credit_budget", "an integer >= 1", id="negative-budget"),
+    pytest.param(CRM + 'trigger = ["workflows"]\n' + CONTACTS, "crm.trigger[0]", "'workflow'", id="bad-trigger"),
+    pytest.param(CRM + 'trigger = "workflow"\n' + CONTACTS, "crm.trigger", "an array of", id="trigger-string"),
     pytest.param(CRM + "timeout_seconds = -5\n" + CONTACTS, "crm.timeout_seconds", "> 0", id="bad-timeout"),
     pytest.param(
         CRM + 'allow_insecure_http = "yes"\n' + CONTACTS,
@@ -421,9 +411,7 @@ MISTAKES = [
         "no secrets in the config file: client_secret comes from the environment (ZOHO_CLIENT_SECRET)",
         id="secret-in-crm",
     ),
-    pytest.param(
-        CRM + 'client_id = "abc"\n' + CONTACTS, "crm.client_id", "crm.secrets_file", id="client-id-in-crm"
-    ),
+    pytest.param(CRM + 'client_id = "abc"\n' + CONTACTS, "crm.client_id", "crm.secrets_file", id="client-id-in-crm"),
     pytest.param(
         CRM + stream(refresh_token='"r"'),
         "streams[0].refresh_token",
@@ -436,9 +424,7 @@ MISTAKES = [
         "comes from the environment (ZOHO_CLIENT_SECRET)",
         id="env-name-in-crm",
     ),
-    pytest.param(
-        'access_token = "t"\n' + CRM + CONTACTS, "access_token", "ZOHO_ACCESS_TOKEN", id="secret-at-top"
-    ),
+    pytest.param('access_token = "t"\n' + CRM + CONTACTS, "access_token", "ZOHO_ACCESS_TOKEN", id="secret-at-top"),
     pytest.param(CRM + 'streams = "contacts"\n', "crm.streams", "unknown key 'streams'", id="streams-in-crm"),
     pytest.param(
         CRM + stream(name=None),
@@ -459,9 +445,7 @@ MISTAKES = [
         "one of 'update', 'upsert', 'update_related', 'delete_related', got 'insert'",
         id="bad-operation",
     ),
-    pytest.param(
-        CRM + stream(module=None), "streams[0] (contacts).module", "module API name", id="no-module"
-    ),
+    pytest.param(CRM + stream(module=None), "streams[0] (contacts).module", "module API name", id="no-module"),
     pytest.param(
         CRM + stream(module='"My Module"'), "streams[0] (contacts).module", "got 'My Module'", id="bad-module"
     ),
@@ -478,9 +462,7 @@ MISTAKES = [
         "unknown key 'concurency'",
         id="unknown-stream-key",
     ),
-    pytest.param(
-        CRM + stream(source=None), "streams[0] (contacts).source", "table (missing)", id="no-source"
-    ),
+    pytest.param(CRM + stream(source=None), "streams[0] (contacts).source", "table (missing)", id="no-source"),
     pytest.param(
         CRM + stream(source='{ kind = "xml", path = "a.xml" }'),
         "streams[0] (contacts).source.kind",
@@ -842,9 +824,7 @@ def test_malformed_secrets_file_does_not_echo_content(tmp_path: Path) -> None:
 
 def test_secrets_repr_hides_values() -> None:
     """repr and str of Secrets show only whether each value is set."""
-    secrets = Secrets(
-        client_id="1000.CLIENTID", client_secret="s3cr3t", refresh_token="1000.rt", access_token=None
-    )
+    secrets = Secrets(client_id="1000.CLIENTID", client_secret="s3cr3t", refresh_token="1000.rt", access_token=None)
     for text in (repr(secrets), str(secrets), f"{secrets}", f"{secrets!r}", repr([secrets])):
         for value in ("1000.CLIENTID", "s3cr3t", "1000.rt"):
             assert value not in text

@@ -191,9 +191,7 @@ def test_absent_is_not_sent_and_null_is_sent(type_: str) -> None:
     [("absent", {"Last_Name": "Hopper"}), ("null", {"Last_Name": "Hopper", "Email": None, "Age": None})],
     ids=["empty-absent", "empty-null"],
 )
-async def test_empty_csv_cells_follow_the_source_setting(
-    tmp_path: Path, empty: str, fields: dict[str, JSON]
-) -> None:
+async def test_empty_csv_cells_follow_the_source_setting(tmp_path: Path, empty: str, fields: dict[str, JSON]) -> None:
     """An empty CSV cell is not sent (absent) or clears the field (null), read from a real file."""
     path = tmp_path / "contacts.csv"
     path.write_text("erp_id,last,email,age\nC-1,Hopper,,\n")
@@ -337,9 +335,7 @@ def test_related_keys() -> None:
 )
 def test_bad_parent_keys(values: dict[str, JSON], code: str, message: str) -> None:
     """A missing or malformed parent key makes the row INVALID, keeping the good related key."""
-    outcome = refused(
-        related_stream(KeyConfig(column="contact_id", field=None)), SourceRow(seq=1, values=values)
-    )
+    outcome = refused(related_stream(KeyConfig(column="contact_id", field=None)), SourceRow(seq=1, values=values))
     assert outcome.code == code
     assert outcome.message is not None and outcome.message.startswith(message)
     assert outcome.change.key == "D-9"

@@ -14,17 +14,30 @@ from tests.conftest import run, write_config, write_csv, write_jsonl
 
 
 def seed_contacts(sb: Sandbox, n: int, *, deals: int = 0) -> None:
-    sb.state.load({"records": {
-        "Contacts": [{"External_Contact_ID": f"C{i}", "Last_Name": f"L{i}"} for i in range(n)],
-        **({"Deals": [{"External_Deal_ID": f"D{i}", "Deal_Name": f"Deal {i}"} for i in range(deals)]} if deals else {}),
-    }})
+    sb.state.load(
+        {
+            "records": {
+                "Contacts": [{"External_Contact_ID": f"C{i}", "Last_Name": f"L{i}"} for i in range(n)],
+                **(
+                    {"Deals": [{"External_Deal_ID": f"D{i}", "Deal_Name": f"Deal {i}"} for i in range(deals)]}
+                    if deals
+                    else {}
+                ),
+            }
+        }
+    )
 
 
 def contacts_stream(path: Path, **extra: Any) -> dict[str, Any]:
-    return {"name": "contacts", "operation": "update", "module": "Contacts",
-            "source": {"kind": "csv", "path": str(path)},
-            "match": {"column": "erp_id", "field": "External_Contact_ID"},
-            "fields": {"Last_Name": "last_name", "Title": "title"}, **extra}
+    return {
+        "name": "contacts",
+        "operation": "update",
+        "module": "Contacts",
+        "source": {"kind": "csv", "path": str(path)},
+        "match": {"column": "erp_id", "field": "External_Contact_ID"},
+        "fields": {"Last_Name": "last_name", "Title": "title"},
+        **extra,
+    }
 
 
 async def outcomes(config_path: Path, run_id: int) -> list[Any]:
@@ -35,8 +48,9 @@ async def outcomes(config_path: Path, run_id: int) -> list[Any]:
 async def test_update_by_external_id_applies_every_row(tmp_path: Path, sandbox: Sandbox) -> None:
     """250 contacts by external ID: three calls, every record updated, one SUCCESS row each."""
     seed_contacts(sandbox, 250)
-    src = write_csv(tmp_path / "c.csv", ["erp_id", "last_name", "title"],
-                    [[f"C{i}", f"New{i}", "CFO"] for i in range(250)])
+    src = write_csv(
+        tmp_path / "c.csv", ["erp_id", "last_name", "title"], [[f"C{i}", f"New{i}", "CFO"] for i in range(250)]
+    )
     config = write_config(tmp_path / "sync.toml", sandbox.url, [contacts_stream(src)])
     result = await run(config)
     s = result.summary
@@ -52,11 +66,24 @@ async def test_update_by_record_id_from_jsonl(tmp_path: Path, sandbox: Sandbox) 
     """Leads by record ID from JSONL; an unknown id is REJECTED with the CRM's code, the rest applied."""
     ids = [str(111111000002000000 + i) for i in range(30)]
     sandbox.state.load({"records": {"Leads": [{"id": i, "Last_Name": "X"} for i in ids]}})
-    src = write_jsonl(tmp_path / "l.jsonl", [{"id": i, "company": f"Co {i}"} for i in ids]
-                      + [{"id": "111111000009999999", "company": "ghost"}])
-    config = write_config(tmp_path / "sync.toml", sandbox.url, [{
-        "name": "leads", "operation": "update", "module": "Leads", "source": {"kind": "jsonl", "path": str(src)},
-        "match": {"column": "id"}, "fields": {"Company": "company"}}])
+    src = write_jsonl(
+        tmp_path / "l.jsonl",
+        [{"id": i, "company": f"Co {i}"} for i in ids] + [{"id": "111111000009999999", "company": "ghost"}],
+    )
+    config = write_config(
+        tmp_path / "sync.toml",
+        sandbox.url,
+        [
+            {
+                "name": "leads",
+                "operation": "update",
+                "module": "Leads",
+                "source": {"kind": "jsonl", "path": str(src)},
+                "match": {"column": "id"},
+                "fields": {"Company": "company"},
+            }
+        ],
+    )
     result = await run(config)
     s = result.summary
     assert (s.succeeded, s.rejected) == (30, 1) and s.adds_up
@@ -67,38 +94,69 @@ async def test_update_by_record_id_from_jsonl(tmp_path: Path, sandbox: Sandbox) 
 
 @pytest.mark.parametrize(
     ("parent_field", "related_field"),
-    [("External_Deal_ID", "External_Contact_ID"), (None, None), (None, "External_Contact_ID"),
-     ("External_Deal_ID", None)],
+    [
+        ("External_Deal_ID", "External_Contact_ID"),
+        (None, None),
+        (None, "External_Contact_ID"),
+        ("External_Deal_ID", None),
+    ],
     ids=["both-external", "both-ids", "related-external", "parent-external"],
 )
-async def test_update_then_delete_related(tmp_path: Path, sandbox: Sandbox, parent_field: str | None,
-                                          related_field: str | None) -> None:
+async def test_update_then_delete_related(
+    tmp_path: Path, sandbox: Sandbox, parent_field: str | None, related_field: str | None
+) -> None:
     """Links with a relation field, then delinks, in every addressing form; the CRM ends as expected."""
     seed_contacts(sandbox, 20, deals=3)
     deal_id = {f"D{i}": sandbox.state.find_id("Deals", "External_Deal_ID", f"D{i}") for i in range(3)}
     contact_id = {f"C{i}": sandbox.state.find_id("Contacts", "External_Contact_ID", f"C{i}") for i in range(20)}
+
     def parent(d: str) -> str:
         return d if parent_field else str(deal_id[d])
+
     def related(c: str) -> str:
         return c if related_field else str(contact_id[c])
+
     links = [(f"D{d}", f"C{c}") for d in range(3) for c in range(d, 20, 2)]
-    write_csv(tmp_path / "links.csv", ["deal", "contact", "role"],
-              [[parent(d), related(c), "111111000000026002"] for d, c in links])
+    write_csv(
+        tmp_path / "links.csv",
+        ["deal", "contact", "role"],
+        [[parent(d), related(c), "111111000000026002"] for d, c in links],
+    )
     removed = links[::3]
     write_csv(tmp_path / "unlinks.csv", ["deal", "contact"], [[parent(d), related(c)] for d, c in removed])
-    common = {"module": "Deals", "related_list": "Contacts",
-              "parent": {"column": "deal", **({"field": parent_field} if parent_field else {})},
-              "match": {"column": "contact", **({"field": related_field} if related_field else {})}}
-    config = write_config(tmp_path / "sync.toml", sandbox.url, [
-        {"name": "link", "operation": "update_related", **common,
-         "source": {"kind": "csv", "path": str(tmp_path / "links.csv")}, "fields": {"Contact_Role": "role"}},
-    ])
+    common = {
+        "module": "Deals",
+        "related_list": "Contacts",
+        "parent": {"column": "deal", **({"field": parent_field} if parent_field else {})},
+        "match": {"column": "contact", **({"field": related_field} if related_field else {})},
+    }
+    config = write_config(
+        tmp_path / "sync.toml",
+        sandbox.url,
+        [
+            {
+                "name": "link",
+                "operation": "update_related",
+                **common,
+                "source": {"kind": "csv", "path": str(tmp_path / "links.csv")},
+                "fields": {"Contact_Role": "role"},
+            },
+        ],
+    )
     first = await run(config)
     assert first.summary.succeeded == len(links) and first.summary.adds_up
-    config = write_config(tmp_path / "sync.toml", sandbox.url, [
-        {"name": "unlink", "operation": "delete_related", **common,
-         "source": {"kind": "csv", "path": str(tmp_path / "unlinks.csv")}},
-    ])
+    config = write_config(
+        tmp_path / "sync.toml",
+        sandbox.url,
+        [
+            {
+                "name": "unlink",
+                "operation": "delete_related",
+                **common,
+                "source": {"kind": "csv", "path": str(tmp_path / "unlinks.csv")},
+            },
+        ],
+    )
     second = await run(config)
     assert second.summary.succeeded == len(removed) and second.summary.adds_up
     for d, c in links:
@@ -110,10 +168,21 @@ async def test_upsert_inserts_and_updates(tmp_path: Path, sandbox: Sandbox) -> N
     """Upsert by a duplicate-check field: existing records updated, new ones inserted, ids recorded."""
     sandbox.state.load({"records": {"Leads": [{"Last_Name": "Old", "Email": "a@x.com"}]}})
     src = write_csv(tmp_path / "u.csv", ["email", "name"], [["a@x.com", "A"], ["b@x.com", "B"]])
-    config = write_config(tmp_path / "sync.toml", sandbox.url, [{
-        "name": "up", "operation": "upsert", "module": "Leads", "source": {"kind": "csv", "path": str(src)},
-        "match": {"column": "email", "field": "Email"}, "duplicate_check_fields": ["Email"],
-        "fields": {"Last_Name": "name"}}])
+    config = write_config(
+        tmp_path / "sync.toml",
+        sandbox.url,
+        [
+            {
+                "name": "up",
+                "operation": "upsert",
+                "module": "Leads",
+                "source": {"kind": "csv", "path": str(src)},
+                "match": {"column": "email", "field": "Email"},
+                "duplicate_check_fields": ["Email"],
+                "fields": {"Last_Name": "name"},
+            }
+        ],
+    )
     result = await run(config)
     assert result.summary.succeeded == 2
     assert (sandbox.state.find_by_field("Leads", "Email", "a@x.com") or {})["Last_Name"] == "A"
@@ -123,8 +192,11 @@ async def test_upsert_inserts_and_updates(tmp_path: Path, sandbox: Sandbox) -> N
 async def test_bad_rows_are_invalid_and_the_run_goes_on(tmp_path: Path, sandbox: Sandbox) -> None:
     """Missing keys and bad values become INVALID outcomes with reasons; good rows still go through."""
     seed_contacts(sandbox, 5)
-    src = write_csv(tmp_path / "c.csv", ["erp_id", "last_name", "title", "age"],
-                    [["C0", "A", "x", "1"], ["", "B", "x", "2"], ["C1", "C", "x", "old"], ["C2", "D", "x", "3"]])
+    src = write_csv(
+        tmp_path / "c.csv",
+        ["erp_id", "last_name", "title", "age"],
+        [["C0", "A", "x", "1"], ["", "B", "x", "2"], ["C1", "C", "x", "old"], ["C2", "D", "x", "3"]],
+    )
     stream = contacts_stream(src)
     stream["fields"] = {**stream["fields"], "Description": {"column": "age", "type": "integer"}}
     config = write_config(tmp_path / "sync.toml", sandbox.url, [stream])
@@ -147,8 +219,9 @@ async def test_request_level_config_error_halts_only_that_stream(tmp_path: Path,
     assert s.adds_up and s.succeeded == 300
     assert any("INVALID_MODULE" in h for h in result.halted)
     bad_rows = [r for r in await outcomes(config.file, s.run_id) if r.stream == "bad"]
-    assert bad_rows and all(r.status is Status.FAILED and r.code in ("INVALID_MODULE", "STREAM_HALTED")
-                            for r in bad_rows)
+    assert bad_rows and all(
+        r.status is Status.FAILED and r.code in ("INVALID_MODULE", "STREAM_HALTED") for r in bad_rows
+    )
     assert sandbox.stats.snapshot()["calls"].get("update", 0) <= 3 + 1  # 3 good calls, 1 refused
 
 
@@ -156,20 +229,23 @@ async def test_token_expiry_mid_run_refreshes_once_per_expiry(tmp_path: Path) ->
     """Tokens expire during a run with 10 workers: each expiry costs exactly one refresh, nothing lost."""
     async with Sandbox(SandboxOptions(latency_ms=(5, 15))) as sb:
         seed_contacts(sb, 3000)
-        src = write_csv(tmp_path / "c.csv", ["erp_id", "last_name", "title"],
-                        [[f"C{i}", f"N{i}", "T"] for i in range(3000)])
+        src = write_csv(
+            tmp_path / "c.csv", ["erp_id", "last_name", "title"], [[f"C{i}", f"N{i}", "T"] for i in range(3000)]
+        )
         config = write_config(tmp_path / "sync.toml", sb.url, [contacts_stream(src, batch_size=10)])
         expiries = 0
 
         async def expire_periodically() -> None:
             nonlocal expiries
             import anyio
+
             for _ in range(3):
                 await anyio.sleep(0.3)
                 sb.expire_tokens()
                 expiries += 1
 
         import anyio
+
         async with anyio.create_task_group() as tg:
             tg.start_soon(expire_periodically)
             result = await run(config)
@@ -188,8 +264,9 @@ async def test_transient_faults_lose_nothing(tmp_path: Path, faults: dict[str, f
     """Under 429s, 500s, drops and locks every record still ends SUCCESS and the CRM has every value."""
     async with Sandbox(SandboxOptions(seed=3, **faults)) as sb:  # type: ignore[arg-type]
         seed_contacts(sb, 1000)
-        src = write_csv(tmp_path / "c.csv", ["erp_id", "last_name", "title"],
-                        [[f"C{i}", f"N{i}", "T"] for i in range(1000)])
+        src = write_csv(
+            tmp_path / "c.csv", ["erp_id", "last_name", "title"], [[f"C{i}", f"N{i}", "T"] for i in range(1000)]
+        )
         config = write_config(tmp_path / "sync.toml", sb.url, [contacts_stream(src, batch_size=20)])
         result = await run(config)
         assert result.summary.succeeded == 1000 and result.summary.adds_up
@@ -203,8 +280,9 @@ async def test_concurrency_never_exceeds_the_limit_and_keys_never_overlap(tmp_pa
         seed_contacts(sb, 50)
         rows = [[f"C{i % 50}", f"N{i}", "T"] for i in range(2000)]
         src = write_csv(tmp_path / "c.csv", ["erp_id", "last_name", "title"], rows)
-        config = write_config(tmp_path / "sync.toml", sb.url, [contacts_stream(src, batch_size=7)], concurrency=4,
-                              sub_concurrency=4)
+        config = write_config(
+            tmp_path / "sync.toml", sb.url, [contacts_stream(src, batch_size=7)], concurrency=4, sub_concurrency=4
+        )
         result = await run(config)
         stats = sb.stats.snapshot()
         assert result.summary.succeeded == 2000 and result.summary.adds_up

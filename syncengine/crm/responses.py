@@ -103,13 +103,21 @@ def _record(entry: object) -> RecordResult:
             crm_id = details.get("id")
             message = entry.get("message")
             return RecordResult(
-                success=True, transient=False, code="SUCCESS", message=message if isinstance(message, str) else "",
-                details=details, crm_id=None if crm_id is None else str(crm_id),
+                success=True,
+                transient=False,
+                code="SUCCESS",
+                message=message if isinstance(message, str) else "",
+                details=details,
+                crm_id=None if crm_id is None else str(crm_id),
             )
     if not isinstance(entry, dict):
         return RecordResult(
-            success=False, transient=True, code="UNEXPECTED_RESPONSE",
-            message=f"record entry is not an object: {entry!r:.200}", details={}, crm_id=None,
+            success=False,
+            transient=True,
+            code="UNEXPECTED_RESPONSE",
+            message=f"record entry is not an object: {entry!r:.200}",
+            details={},
+            crm_id=None,
         )
     code = _text(entry.get("code"), "UNKNOWN")
     details = _details(entry.get("details"))
@@ -161,15 +169,19 @@ def interpret(response: HttpResponse, count: int, *, related: bool = False) -> V
         if aligned is not None:
             return Records(http_status=status, results=tuple(_record(e) for e in aligned))
         return Refused(
-            http_status=status, action=Action.UNEXPECTED, code="UNEXPECTED_RESPONSE",
-            message=f"{len(data)} results for {count} records, and json_path cannot align them", details={},
+            http_status=status,
+            action=Action.UNEXPECTED,
+            code="UNEXPECTED_RESPONSE",
+            message=f"{len(data)} results for {count} records, and json_path cannot align them",
+            details={},
         )
     envelope = body if isinstance(body, dict) else {}
     code = _text(envelope.get("code"), f"HTTP_{status}")
     message = _text(envelope.get("message"), response.body[:200].decode("utf-8", "replace"))
     details = _details(envelope.get("details"))
-    return Refused(http_status=status, action=_action(status, code, message, related), code=code,
-                   message=message, details=details)
+    return Refused(
+        http_status=status, action=_action(status, code, message, related), code=code, message=message, details=details
+    )
 
 
 def _action(status: int, code: str, message: str, related: bool) -> Action:

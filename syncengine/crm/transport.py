@@ -123,7 +123,11 @@ class Transport:
         assert self._session is not None, "Transport used outside `async with`"
         try:
             async with self._session.request(
-                method, url, headers=headers, params=params, data=body if form is None else form,
+                method,
+                url,
+                headers=headers,
+                params=params,
+                data=body if form is None else form,
                 allow_redirects=False,
             ) as response:
                 raw = await response.read()

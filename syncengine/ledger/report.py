@@ -123,8 +123,7 @@ def _truncate(text: str | None, width: int = _MESSAGE_WIDTH) -> str:
 
 def _outcome_table(rows: Sequence[OutcomeRow], *, header: bool) -> Table:
     # Fixed widths, so the chunks of one report line up as one table.
-    table = Table(box=box.SIMPLE_HEAD if header else None, show_header=header, show_edge=False,
-                  pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD if header else None, show_header=header, show_edge=False, pad_edge=False)
     table.add_column("stream", width=14, no_wrap=True, overflow="ellipsis")
     table.add_column("seq", width=9, justify="right", no_wrap=True)
     table.add_column("key", width=18, no_wrap=True, overflow="ellipsis")
@@ -134,8 +133,13 @@ def _outcome_table(rows: Sequence[OutcomeRow], *, header: bool) -> Table:
     table.add_column("crm id", width=20, no_wrap=True, overflow="ellipsis")
     for row in rows:
         table.add_row(
-            row.stream, str(row.seq), row.key, Text(row.status.value, style=_STATUS_STYLE[row.status]),
-            row.code or "", _truncate(row.message), row.crm_id or "",
+            row.stream,
+            str(row.seq),
+            row.key,
+            Text(row.status.value, style=_STATUS_STYLE[row.status]),
+            row.code or "",
+            _truncate(row.message),
+            row.crm_id or "",
         )
     return table
 
@@ -169,7 +173,8 @@ _COUNTS: Final = ("read", "succeeded", "rejected", "failed", "invalid", "skipped
 def render_summary(summary: RunSummary, console: Console) -> None:
     """The counts per stream and status, the total that adds up, and the top error codes with a sample."""
     title = Text.assemble(
-        f"Run {summary.run_id} ", (summary.state.value, _STATE_STYLE[summary.state]),
+        f"Run {summary.run_id} ",
+        (summary.state.value, _STATE_STYLE[summary.state]),
         " (dry run)" if summary.dry_run else "",
         f" · {_duration(summary.duration)}" if summary.duration is not None else "",
         f" · retry of run {summary.retry_of}" if summary.retry_of is not None else "",
@@ -198,8 +203,12 @@ def render_summary(summary: RunSummary, console: Console) -> None:
         errors.add_column("count", justify="right")
         errors.add_column("sample message", max_width=80, overflow="ellipsis", no_wrap=True)
         for e in summary.top_errors:
-            errors.add_row(Text(e.status.value, style=_STATUS_STYLE[e.status]), e.code or "-", f"{e.count:,}",
-                           _truncate(e.sample, 80))
+            errors.add_row(
+                Text(e.status.value, style=_STATUS_STYLE[e.status]),
+                e.code or "-",
+                f"{e.count:,}",
+                _truncate(e.sample, 80),
+            )
         console.print(errors)
 
 
@@ -214,18 +223,32 @@ def render_runs(runs: Sequence[RunSummary], console: Console) -> None:
         console.print("No runs recorded yet.")
         return
     table = Table(box=box.SIMPLE_HEAD)
-    for name, justify in (("run", "right"), ("started", "left"), ("took", "right"), ("state", "left"),
-                          ("streams", "left"), ("read", "right"), ("ok", "right"), ("errors", "right"),
-                          ("skipped", "right"), ("pending", "right"), ("retry of", "right")):
+    for name, justify in (
+        ("run", "right"),
+        ("started", "left"),
+        ("took", "right"),
+        ("state", "left"),
+        ("streams", "left"),
+        ("read", "right"),
+        ("ok", "right"),
+        ("errors", "right"),
+        ("skipped", "right"),
+        ("pending", "right"),
+        ("retry of", "right"),
+    ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for r in runs:
         table.add_row(
-            str(r.run_id), _when(r.started_at), _duration(r.duration),
+            str(r.run_id),
+            _when(r.started_at),
+            _duration(r.duration),
             Text(r.state.value + (" (dry)" if r.dry_run else ""), style=_STATE_STYLE[r.state]),
-            _truncate(", ".join(r.streams), 30), f"{r.read:,}", f"{r.succeeded:,}",
-            Text(f"{r.errors:,}", style="red" if r.errors else "dim"), f"{r.skipped:,}",
+            _truncate(", ".join(r.streams), 30),
+            f"{r.read:,}",
+            f"{r.succeeded:,}",
+            Text(f"{r.errors:,}", style="red" if r.errors else "dim"),
+            f"{r.skipped:,}",
             Text(f"{r.pending:,}", style="cyan" if r.pending else "dim"),
             str(r.retry_of) if r.retry_of is not None else "",
         )
     console.print(table)
-

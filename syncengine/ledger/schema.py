@@ -89,9 +89,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
-            raise NewerSchema(
-                f"schema version {version} is newer than this syncengine reads ({SCHEMA_VERSION})"
-            )
+            raise NewerSchema(f"schema version {version} is newer than this syncengine reads ({SCHEMA_VERSION})")
         for script in _MIGRATIONS[version:]:
             for statement in script.split(";"):
                 if statement.strip():

@@ -58,9 +58,7 @@ _CHECKPOINT: Final = (
     "ON CONFLICT (run_id, stream) DO UPDATE "
     "SET position = max(position, excluded.position), updated_at = excluded.updated_at"
 )
-_RUN_COLUMNS: Final = (
-    "id, started_at, finished_at, state, config_file, streams, dry_run, retry_of, read, counts"
-)
+_RUN_COLUMNS: Final = "id, started_at, finished_at, state, config_file, streams, dry_run, retry_of, read, counts"
 
 
 def _to_json(value: Any) -> JSON:
@@ -86,18 +84,48 @@ def _row(run_id: int, outcome: Outcome) -> tuple[object, ...]:
     change = outcome.change
     target = change.target
     return (
-        run_id, change.stream, change.seq, target.operation.value, target.module, target.related_list,
-        change.key, change.parent, outcome.status.value, outcome.code, outcome.message,
-        _dumps(outcome.details), outcome.crm_id, outcome.http_status, outcome.attempts, outcome.started_at,
-        outcome.finished_at, outcome.note, _dumps(change.source_row),
+        run_id,
+        change.stream,
+        change.seq,
+        target.operation.value,
+        target.module,
+        target.related_list,
+        change.key,
+        change.parent,
+        outcome.status.value,
+        outcome.code,
+        outcome.message,
+        _dumps(outcome.details),
+        outcome.crm_id,
+        outcome.http_status,
+        outcome.attempts,
+        outcome.started_at,
+        outcome.finished_at,
+        outcome.note,
+        _dumps(change.source_row),
     )
 
 
 def _outcome_row(r: tuple[Any, ...]) -> OutcomeRow:
     return OutcomeRow(
-        run_id=r[0], stream=r[1], seq=r[2], operation=Operation(r[3]), module=r[4], related_list=r[5],
-        key=r[6], parent=r[7], status=Status(r[8]), code=r[9], message=r[10], details=_loads(r[11]),
-        crm_id=r[12], http_status=r[13], attempts=r[14], started_at=r[15], finished_at=r[16], note=r[17],
+        run_id=r[0],
+        stream=r[1],
+        seq=r[2],
+        operation=Operation(r[3]),
+        module=r[4],
+        related_list=r[5],
+        key=r[6],
+        parent=r[7],
+        status=Status(r[8]),
+        code=r[9],
+        message=r[10],
+        details=_loads(r[11]),
+        crm_id=r[12],
+        http_status=r[13],
+        attempts=r[14],
+        started_at=r[15],
+        finished_at=r[16],
+        note=r[17],
         source_row=_loads(r[18]),
     )
 
@@ -181,8 +209,14 @@ class SqliteLedger:
                 cursor = conn.execute(
                     "INSERT INTO runs (started_at, state, config_file, streams, dry_run, retry_of) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (time.time(), RunState.RUNNING.value, config_file, orjson.dumps(list(streams)).decode(),
-                     int(dry_run), retry_of),
+                    (
+                        time.time(),
+                        RunState.RUNNING.value,
+                        config_file,
+                        orjson.dumps(list(streams)).decode(),
+                        int(dry_run),
+                        retry_of,
+                    ),
                 )
                 run_id = cursor.lastrowid
             assert run_id is not None  # an INSERT into a rowid table always sets it
@@ -391,9 +425,7 @@ class SqliteLedger:
         if self._path.is_dir():
             raise LedgerError(str(self._path), "cannot open: it is a directory, not a file")
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
         try:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -473,8 +505,15 @@ class SqliteLedger:
             )
         ]
         return RunSummary.build(
-            run_id=run_id, state=state, started_at=row[1], finished_at=finished_at, config_file=row[4],
-            streams=configured, dry_run=bool(row[6]), retry_of=row[7], per_stream=per_stream,
+            run_id=run_id,
+            state=state,
+            started_at=row[1],
+            finished_at=finished_at,
+            config_file=row[4],
+            streams=configured,
+            dry_run=bool(row[6]),
+            retry_of=row[7],
+            per_stream=per_stream,
             top_errors=errors,
         )
 
@@ -485,24 +524,38 @@ async def open_ledger(path: Path | str, *, busy_timeout: float = 10.0) -> Sqlite
 
 
 def _snapshot(summary: RunSummary) -> str:
-    return orjson.dumps({
-        "streams": [
-            {"stream": s.stream, "read": s.read, "succeeded": s.succeeded, "rejected": s.rejected,
-             "failed": s.failed, "invalid": s.invalid, "skipped": s.skipped, "pending": s.pending}
-            for s in summary.per_stream
-        ],
-        "errors": [[e.status.value, e.code, e.count, e.sample] for e in summary.top_errors],
-    }).decode()
+    return orjson.dumps(
+        {
+            "streams": [
+                {
+                    "stream": s.stream,
+                    "read": s.read,
+                    "succeeded": s.succeeded,
+                    "rejected": s.rejected,
+                    "failed": s.failed,
+                    "invalid": s.invalid,
+                    "skipped": s.skipped,
+                    "pending": s.pending,
+                }
+                for s in summary.per_stream
+            ],
+            "errors": [[e.status.value, e.code, e.count, e.sample] for e in summary.top_errors],
+        }
+    ).decode()
 
 
 def _summary_from(row: tuple[Any, ...], snapshot: dict[str, Any]) -> RunSummary:
     return RunSummary.build(
-        run_id=row[0], state=RunState(row[3]), started_at=row[1], finished_at=row[2], config_file=row[4],
-        streams=_loads(row[5]), dry_run=bool(row[6]), retry_of=row[7],
+        run_id=row[0],
+        state=RunState(row[3]),
+        started_at=row[1],
+        finished_at=row[2],
+        config_file=row[4],
+        streams=_loads(row[5]),
+        dry_run=bool(row[6]),
+        retry_of=row[7],
         per_stream=[StreamCounts(**s) for s in snapshot["streams"]],
-        top_errors=[
-            ErrorCount(status=Status(st), code=c, count=n, sample=m) for st, c, n, m in snapshot["errors"]
-        ],
+        top_errors=[ErrorCount(status=Status(st), code=c, count=n, sample=m) for st, c, n, m in snapshot["errors"]],
     )
 
 

@@ -129,8 +129,14 @@ class RunSummary:
     ) -> RunSummary:
         """A summary whose totals are computed from the per-stream counts, so they cannot disagree."""
         return cls(
-            run_id=run_id, state=state, started_at=started_at, finished_at=finished_at,
-            config_file=config_file, streams=tuple(streams), dry_run=dry_run, retry_of=retry_of,
+            run_id=run_id,
+            state=state,
+            started_at=started_at,
+            finished_at=finished_at,
+            config_file=config_file,
+            streams=tuple(streams),
+            dry_run=dry_run,
+            retry_of=retry_of,
             read=sum(s.read for s in per_stream),
             succeeded=sum(s.succeeded for s in per_stream),
             rejected=sum(s.rejected for s in per_stream),
@@ -138,7 +144,8 @@ class RunSummary:
             invalid=sum(s.invalid for s in per_stream),
             skipped=sum(s.skipped for s in per_stream),
             pending=sum(s.pending for s in per_stream),
-            per_stream=tuple(per_stream), top_errors=tuple(top_errors),
+            per_stream=tuple(per_stream),
+            top_errors=tuple(top_errors),
         )
 
     @property
@@ -157,9 +164,7 @@ class RunSummary:
     def adds_up(self) -> bool:
         """Promise 1, for the run and for every stream of it."""
         return (
-            self.pending >= 0
-            and self.read == self.terminal + self.pending
-            and all(s.adds_up for s in self.per_stream)
+            self.pending >= 0 and self.read == self.terminal + self.pending and all(s.adds_up for s in self.per_stream)
         )
 
 

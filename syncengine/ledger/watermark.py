@@ -43,9 +43,7 @@ class Watermark:
 
     def done(self, seq: int) -> None:
         """The change with this seq has a terminal outcome (committed). Repeats are harmless."""
-        if self._outstanding.pop(seq, _MISSING) is _MISSING and (
-            self._last_seen is None or seq > self._last_seen
-        ):
+        if self._outstanding.pop(seq, _MISSING) is _MISSING and (self._last_seen is None or seq > self._last_seen):
             self._early.add(seq)
 
     @property

@@ -49,15 +49,12 @@ class CsvReader(ChunkedFileReader):
                 except UnicodeDecodeError as exc:
                     text = data.decode(encoding, "replace")
                     bad_bytes.append(
-                        f"line {line_no}: byte 0x{data[exc.start]:02x} at position {exc.start} "
-                        f"is not valid {encoding}"
+                        f"line {line_no}: byte 0x{data[exc.start]:02x} at position {exc.start} is not valid {encoding}"
                     )
                 record_text.append(text)
                 yield text
 
-        reader = csv.reader(
-            lines(), delimiter=self.source.delimiter, quotechar=self.source.quotechar, strict=True
-        )
+        reader = csv.reader(lines(), delimiter=self.source.delimiter, quotechar=self.source.quotechar, strict=True)
         header = self._header(reader, bad_bytes)
         if header is None:
             return

@@ -34,8 +34,9 @@ async def test_token_is_refreshed_before_expiry(sandbox: Sandbox) -> None:
     """A token inside the refresh margin is replaced before it is used, without waiting for a 401."""
     now = [0.0]
     async with Transport(timeout=5, max_connections=2) as transport:
-        tokens = TokenProvider(transport, f"{sandbox.url}/oauth/v2/token", SECRETS, refresh_margin=300,
-                               clock=lambda: now[0])
+        tokens = TokenProvider(
+            transport, f"{sandbox.url}/oauth/v2/token", SECRETS, refresh_margin=300, clock=lambda: now[0]
+        )
         first = await tokens.token()
         now[0] = 3600 - 301  # still outside the margin
         assert await tokens.token() == first
@@ -47,10 +48,24 @@ async def test_token_is_refreshed_before_expiry(sandbox: Sandbox) -> None:
 @pytest.mark.parametrize(
     ("secrets", "code"),
     [
-        (Secrets(client_id="wrong", client_secret="sandbox-client-secret",
-                 refresh_token="sandbox-refresh-token", access_token=None), "invalid_client"),
-        (Secrets(client_id="sandbox-client-id", client_secret="sandbox-client-secret",
-                 refresh_token="nope", access_token=None), "invalid_code"),
+        (
+            Secrets(
+                client_id="wrong",
+                client_secret="sandbox-client-secret",
+                refresh_token="sandbox-refresh-token",
+                access_token=None,
+            ),
+            "invalid_client",
+        ),
+        (
+            Secrets(
+                client_id="sandbox-client-id",
+                client_secret="sandbox-client-secret",
+                refresh_token="nope",
+                access_token=None,
+            ),
+            "invalid_code",
+        ),
     ],
     ids=["bad-client", "bad-refresh-token"],
 )

@@ -13,8 +13,11 @@ BASE = "https://www.zohoapis.com/crm/v7"
 
 def payload(target: Target, keys: list[str], parent: str | None = None, **fields: object) -> Payload:
     items = tuple(
-        PayloadItem(key=k, fields=dict(fields),  # type: ignore[arg-type]
-                    changes=(Change(stream="s", seq=i, target=target, key=k, parent=parent),))
+        PayloadItem(
+            key=k,
+            fields=dict(fields),  # type: ignore[arg-type]
+            changes=(Change(stream="s", seq=i, target=target, key=k, parent=parent),),
+        )
         for i, k in enumerate(keys)
     )
     return Payload(target=target, parent=parent, items=items)
@@ -34,7 +37,9 @@ def test_update_by_external_id_sends_header_and_field() -> None:
     call = build_call(payload(target, ["ext1"], Last_Name="X"), BASE, trigger=[])
     assert dict(call.headers)["X-EXTERNAL"] == "Contacts.External_Contact_ID"
     assert orjson.loads(call.body or b"") == {
-        "data": [{"Last_Name": "X", "External_Contact_ID": "ext1"}], "trigger": []}
+        "data": [{"Last_Name": "X", "External_Contact_ID": "ext1"}],
+        "trigger": [],
+    }
 
 
 @pytest.mark.parametrize(
@@ -47,11 +52,16 @@ def test_update_by_external_id_sends_header_and_field() -> None:
     ],
     ids=["both-external", "related-external", "parent-external", "ids"],
 )
-def test_update_related_addressing_forms(parent_field: str | None, match_field: str | None,
-                                          header: str | None) -> None:
+def test_update_related_addressing_forms(parent_field: str | None, match_field: str | None, header: str | None) -> None:
     """Every X-EXTERNAL form of the seed page, including the mixed ones."""
-    target = Target(operation=Operation.UPDATE_RELATED, module="Contacts", related_list="Deals",
-                    related_module="Deals", parent_match_field=parent_field, match_field=match_field)
+    target = Target(
+        operation=Operation.UPDATE_RELATED,
+        module="Contacts",
+        related_list="Deals",
+        related_module="Deals",
+        parent_match_field=parent_field,
+        match_field=match_field,
+    )
     call = build_call(payload(target, ["d1"], parent="c/1", Contact_Role="111"), BASE)
     assert call.url == f"{BASE}/Contacts/c%2F1/Deals"
     assert dict(call.headers).get("X-EXTERNAL") == header
@@ -64,14 +74,24 @@ def test_delete_related_by_ids_is_one_call_with_ids_param() -> None:
     target = Target(operation=Operation.DELETE_RELATED, module="Leads", related_list="Products")
     call = build_call(payload(target, ["1", "2", "3"], parent="9"), BASE)
     assert (call.method, call.url, call.params, call.body) == (
-        "DELETE", f"{BASE}/Leads/9/Products", (("ids", "1,2,3"),), None)
+        "DELETE",
+        f"{BASE}/Leads/9/Products",
+        (("ids", "1,2,3"),),
+        None,
+    )
     assert max_items(target) == 100
 
 
 def test_delete_related_by_external_id_is_the_single_form() -> None:
     """Delink by external IDs: one record per call, the related value in the path."""
-    target = Target(operation=Operation.DELETE_RELATED, module="Contacts", related_list="Deals",
-                    related_module="Deals", parent_match_field="External_Contact_ID", match_field="External_Deal_ID")
+    target = Target(
+        operation=Operation.DELETE_RELATED,
+        module="Contacts",
+        related_list="Deals",
+        related_module="Deals",
+        parent_match_field="External_Contact_ID",
+        match_field="External_Deal_ID",
+    )
     call = build_call(payload(target, ["extdeal3"], parent="extcontact3"), BASE)
     assert (call.method, call.url) == ("DELETE", f"{BASE}/Contacts/extcontact3/Deals/extdeal3")
     assert dict(call.headers)["X-EXTERNAL"] == "Contacts.External_Contact_ID,Deals.External_Deal_ID"
@@ -80,8 +100,7 @@ def test_delete_related_by_external_id_is_the_single_form() -> None:
 
 def test_upsert_posts_with_duplicate_check_fields() -> None:
     """Upsert: POST /{Module}/upsert with duplicate_check_fields."""
-    target = Target(operation=Operation.UPSERT, module="Leads", match_field="Email",
-                    duplicate_check_fields=("Email",))
+    target = Target(operation=Operation.UPSERT, module="Leads", match_field="Email", duplicate_check_fields=("Email",))
     call = build_call(payload(target, ["a@x.com"], Last_Name="A"), BASE)
     assert (call.method, call.url) == ("POST", f"{BASE}/Leads/upsert")
     assert orjson.loads(call.body or b"")["duplicate_check_fields"] == ["Email"]

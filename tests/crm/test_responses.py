@@ -13,13 +13,23 @@ def response(status: int, body: object) -> HttpResponse:
     return HttpResponse(status=status, body=orjson.dumps(body))
 
 
-MIXED = {"data": [
-    {"code": "SUCCESS", "details": {"id": "111"}, "message": "record updated", "status": "success"},
-    {"code": "INVALID_DATA", "details": {"api_name": "Last_Name", "json_path": "$.data[1].Last_Name"},
-     "message": "the field api name given seems to be invalid", "status": "error"},
-    {"code": "RECORD_LOCKED", "details": {"api_name": "id", "json_path": "$.data[2]"},
-     "message": "locked", "status": "error"},
-]}
+MIXED = {
+    "data": [
+        {"code": "SUCCESS", "details": {"id": "111"}, "message": "record updated", "status": "success"},
+        {
+            "code": "INVALID_DATA",
+            "details": {"api_name": "Last_Name", "json_path": "$.data[1].Last_Name"},
+            "message": "the field api name given seems to be invalid",
+            "status": "error",
+        },
+        {
+            "code": "RECORD_LOCKED",
+            "details": {"api_name": "id", "json_path": "$.data[2]"},
+            "message": "locked",
+            "status": "error",
+        },
+    ]
+}
 
 
 @pytest.mark.parametrize("status", [200, 207, 400], ids=["200", "207", "400-with-data"])
@@ -28,17 +38,26 @@ def test_per_record_answers_map_in_input_order(status: int) -> None:
     verdict = interpret(response(status, MIXED), 3)
     assert isinstance(verdict, Records)
     assert [(r.success, r.transient, r.code) for r in verdict.results] == [
-        (True, False, "SUCCESS"), (False, False, "INVALID_DATA"), (False, True, "RECORD_LOCKED")]
+        (True, False, "SUCCESS"),
+        (False, False, "INVALID_DATA"),
+        (False, True, "RECORD_LOCKED"),
+    ]
     assert verdict.results[0].crm_id == "111"
 
 
 def test_json_path_reorders_results_that_disagree_with_position() -> None:
     """When json_path contradicts position, json_path wins."""
-    body = {"data": [
-        {"code": "INVALID_DATA", "details": {"json_path": "$.data[1].Email"}, "message": "m", "status": "error"},
-        {"code": "MANDATORY_NOT_FOUND", "details": {"json_path": "$.data[0].Last_Name"}, "message": "m",
-         "status": "error"},
-    ]}
+    body = {
+        "data": [
+            {"code": "INVALID_DATA", "details": {"json_path": "$.data[1].Email"}, "message": "m", "status": "error"},
+            {
+                "code": "MANDATORY_NOT_FOUND",
+                "details": {"json_path": "$.data[0].Last_Name"},
+                "message": "m",
+                "status": "error",
+            },
+        ]
+    }
     verdict = interpret(response(207, body), 2)
     assert isinstance(verdict, Records)
     assert [r.code for r in verdict.results] == ["MANDATORY_NOT_FOUND", "INVALID_DATA"]

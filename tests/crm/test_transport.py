@@ -17,8 +17,11 @@ def test_every_aiohttp_client_error_is_mapped_to_a_specific_entry() -> None:
     """No aiohttp.ClientError subclass falls through to the generic fallback unnoticed."""
     mapped = {cls for cls, *_ in ERROR_MAP}
     unmapped = [
-        name for name, cls in vars(aiohttp).items()
-        if inspect.isclass(cls) and issubclass(cls, aiohttp.ClientError) and cls is not aiohttp.ClientError
+        name
+        for name, cls in vars(aiohttp).items()
+        if inspect.isclass(cls)
+        and issubclass(cls, aiohttp.ClientError)
+        and cls is not aiohttp.ClientError
         and not any(issubclass(cls, m) and m is not aiohttp.ClientError for m in mapped)
     ]
     assert unmapped == []
@@ -63,6 +66,7 @@ async def test_dropped_connection_may_have_been_sent() -> None:
 
 async def test_timeout_may_have_been_sent() -> None:
     """A server that never answers: a read timeout, maybe applied."""
+
     async def handle(stream: anyio.abc.SocketStream) -> None:
         async with stream:
             await stream.receive(65536)

@@ -9,8 +9,14 @@ from syncengine.model import JSON, Change, Operation, Outcome, Status, Target
 __all__ = ["LINK", "UPDATE", "outcome"]
 
 UPDATE = Target(operation=Operation.UPDATE, module="Contacts", match_field="External_Contact_ID")
-LINK = Target(operation=Operation.UPDATE_RELATED, module="Contacts", related_list="Deals", related_module="Deals",
-              match_field="External_Deal_ID", parent_match_field="External_Contact_ID")
+LINK = Target(
+    operation=Operation.UPDATE_RELATED,
+    module="Contacts",
+    related_list="Deals",
+    related_module="Deals",
+    match_field="External_Deal_ID",
+    parent_match_field="External_Contact_ID",
+)
 
 
 def outcome(
@@ -29,8 +35,15 @@ def outcome(
     """One outcome for the change at ``seq``; the source row defaults to an ERP-like row for that seq."""
     key = key if key is not None else f"C{seq:06d}"
     row = source_row if source_row is not None else {"erp_id": key, "email": f"{key.lower()}@example.com"}
-    change = Change(stream=stream, seq=seq, target=target, key=key, parent=parent, fields={"Email": row.get("email")},
-                    source_row=row)
+    change = Change(
+        stream=stream,
+        seq=seq,
+        target=target,
+        key=key,
+        parent=parent,
+        fields={"Email": row.get("email")},
+        source_row=row,
+    )
     if code is None:
         code = "SUCCESS" if status is Status.SUCCESS else "INVALID_DATA"
     return Outcome(change=change, status=status, code=code, message=message, **extra)  # type: ignore[arg-type]

@@ -96,8 +96,7 @@ async def test_a_read_only_ledger_is_refused_at_open(tmp_path: Path) -> None:
     path.chmod(0o444)
     path.parent.chmod(0o555)
     try:
-        done = await anyio.run_process(unprivileged([sys.executable, "-c", OPEN, str(path)]), cwd=REPO,
-                                       check=False)
+        done = await anyio.run_process(unprivileged([sys.executable, "-c", OPEN, str(path)]), cwd=REPO, check=False)
     finally:
         path.parent.chmod(0o755)
         path.chmod(0o644)

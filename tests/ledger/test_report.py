@@ -24,15 +24,35 @@ async def sample(path: Path) -> tuple[SqliteLedger, int]:
     """A finished run over two streams whose source rows have different columns."""
     ledger = await SqliteLedger.open(path)
     run_id = await ledger.start_run(config_file="nightly.toml", streams=["contacts", "deals"])
-    await ledger.append(run_id, [
-        outcome(1, source_row={"erp_id": "C1", "email": "c1@example.com", "name": "Ann"}, crm_id="900"),
-        outcome(2, Status.REJECTED, code="INVALID_DATA", message=LONG,
-                source_row={"erp_id": "C2", "email": "not-an-email", "name": "Bob, Jr. \"B\""}),
-        outcome(3, Status.INVALID, code="MAPPING_ERROR", message="missing erp_id",
-                source_row={"erp_id": "", "email": "c3@example.com", "phone": "+44 1"}),
-        outcome(4, Status.FAILED, code="TIMEOUT", message="timed out", key="D4", stream="deals",
-                source_row={"deal_id": "D4", "amount": 12.5, "tags": ["x"], "closed": True, "note": None}),
-    ])
+    await ledger.append(
+        run_id,
+        [
+            outcome(1, source_row={"erp_id": "C1", "email": "c1@example.com", "name": "Ann"}, crm_id="900"),
+            outcome(
+                2,
+                Status.REJECTED,
+                code="INVALID_DATA",
+                message=LONG,
+                source_row={"erp_id": "C2", "email": "not-an-email", "name": 'Bob, Jr. "B"'},
+            ),
+            outcome(
+                3,
+                Status.INVALID,
+                code="MAPPING_ERROR",
+                message="missing erp_id",
+                source_row={"erp_id": "", "email": "c3@example.com", "phone": "+44 1"},
+            ),
+            outcome(
+                4,
+                Status.FAILED,
+                code="TIMEOUT",
+                message="timed out",
+                key="D4",
+                stream="deals",
+                source_row={"deal_id": "D4", "amount": 12.5, "tags": ["x"], "closed": True, "note": None},
+            ),
+        ],
+    )
     await ledger.finish_run(run_id, state="completed", read={"contacts": 4, "deals": 1})
     return ledger, run_id
 
@@ -47,8 +67,18 @@ async def test_csv_error_export_reads_back_with_the_original_source_columns(tmp_
     reader = csv.DictReader(out)
     rows = list(reader)
     assert written == 3
-    assert reader.fieldnames == [*OUTCOME_COLUMNS, "erp_id", "email", "name", "phone", "deal_id", "amount", "tags",
-                                 "closed", "note"]
+    assert reader.fieldnames == [
+        *OUTCOME_COLUMNS,
+        "erp_id",
+        "email",
+        "name",
+        "phone",
+        "deal_id",
+        "amount",
+        "tags",
+        "closed",
+        "note",
+    ]
     assert [(r["_status"], r["_code"], r["_stream"], r["_seq"], r["_key"]) for r in rows] == [
         ("REJECTED", "INVALID_DATA", "contacts", "2", "C000002"),
         ("INVALID", "MAPPING_ERROR", "contacts", "3", "C000003"),
@@ -56,11 +86,23 @@ async def test_csv_error_export_reads_back_with_the_original_source_columns(tmp_
     ]
     assert rows[0]["_message"] == LONG  # the export carries the whole message
     assert {k: rows[0][k] for k in ("erp_id", "email", "name")} == {
-        "erp_id": "C2", "email": "not-an-email", "name": "Bob, Jr. \"B\""}
+        "erp_id": "C2",
+        "email": "not-an-email",
+        "name": 'Bob, Jr. "B"',
+    }
     assert {k: rows[1][k] for k in ("erp_id", "email", "phone", "name")} == {
-        "erp_id": "", "email": "c3@example.com", "phone": "+44 1", "name": ""}
+        "erp_id": "",
+        "email": "c3@example.com",
+        "phone": "+44 1",
+        "name": "",
+    }
     assert {k: rows[2][k] for k in ("deal_id", "amount", "tags", "closed", "note")} == {
-        "deal_id": "D4", "amount": "12.5", "tags": '["x"]', "closed": "true", "note": ""}
+        "deal_id": "D4",
+        "amount": "12.5",
+        "tags": '["x"]',
+        "closed": "true",
+        "note": "",
+    }
 
 
 async def test_jsonl_export_keeps_source_values_and_types(tmp_path: Path) -> None:
@@ -74,7 +116,12 @@ async def test_jsonl_export_keeps_source_values_and_types(tmp_path: Path) -> Non
     assert written == 1
     assert list(record)[: len(OUTCOME_COLUMNS)] == list(OUTCOME_COLUMNS)
     assert {k: v for k, v in record.items() if not k.startswith("_")} == {
-        "deal_id": "D4", "amount": 12.5, "tags": ["x"], "closed": True, "note": None}
+        "deal_id": "D4",
+        "amount": 12.5,
+        "tags": ["x"],
+        "closed": True,
+        "note": None,
+    }
     assert (record["_status"], record["_code"], record["_seq"], record["_crm_id"]) == ("FAILED", "TIMEOUT", 4, None)
 
 

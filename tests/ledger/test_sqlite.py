@@ -23,21 +23,43 @@ async def test_every_column_round_trips(tmp_path: Path) -> None:
     """Each field of an Outcome and its Change comes back from the ledger as it was written."""
     source: dict[str, JSON] = {"deal": "D1", "contact": "C1", "amount": 12.5, "tags": ["a", "b"], "empty": None, "n": 3}
     written = Outcome(
-        change=Change(stream="links", seq=42, target=LINK, key="D1", parent="C1", fields={"Role": "Buyer"},
-                      source_row=source),
-        status=Status.REJECTED, code="INVALID_DATA", message="invalid data", details={"api_name": "Role", "n": [1]},
-        crm_id="5725767000000524001", http_status=400, attempts=3, started_at=1700000000.25,
-        finished_at=1700000001.5, note="ambiguous retry",
+        change=Change(
+            stream="links", seq=42, target=LINK, key="D1", parent="C1", fields={"Role": "Buyer"}, source_row=source
+        ),
+        status=Status.REJECTED,
+        code="INVALID_DATA",
+        message="invalid data",
+        details={"api_name": "Role", "n": [1]},
+        crm_id="5725767000000524001",
+        http_status=400,
+        attempts=3,
+        started_at=1700000000.25,
+        finished_at=1700000001.5,
+        note="ambiguous retry",
     )
     async with SqliteLedger(tmp_path / "ledger.db") as ledger:
         run_id = await ledger.start_run(config_file="sync.toml", streams=["links"])
         await ledger.append(run_id, [written])
         [row] = await rows_of(ledger, run_id)
     assert row == OutcomeRow(
-        run_id=run_id, stream="links", seq=42, operation=Operation.UPDATE_RELATED, module="Contacts",
-        related_list="Deals", key="D1", parent="C1", status=Status.REJECTED, code="INVALID_DATA",
-        message="invalid data", details={"api_name": "Role", "n": [1]}, crm_id="5725767000000524001",
-        http_status=400, attempts=3, started_at=1700000000.25, finished_at=1700000001.5, note="ambiguous retry",
+        run_id=run_id,
+        stream="links",
+        seq=42,
+        operation=Operation.UPDATE_RELATED,
+        module="Contacts",
+        related_list="Deals",
+        key="D1",
+        parent="C1",
+        status=Status.REJECTED,
+        code="INVALID_DATA",
+        message="invalid data",
+        details={"api_name": "Role", "n": [1]},
+        crm_id="5725767000000524001",
+        http_status=400,
+        attempts=3,
+        started_at=1700000000.25,
+        finished_at=1700000001.5,
+        note="ambiguous retry",
         source_row=source,
     )
 
@@ -50,7 +72,14 @@ async def test_optional_columns_round_trip_as_none(tmp_path: Path) -> None:
         await ledger.append(run_id, [bare])
         [row] = await rows_of(ledger, run_id)
     assert (row.code, row.message, row.details, row.crm_id, row.http_status, row.source_row, row.parent) == (
-        None, None, None, None, None, None, None)
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
     assert row.attempts == 0 and row.status is Status.SKIPPED
 
 
@@ -89,13 +118,21 @@ async def test_summary_adds_up_with_pending(tmp_path: Path) -> None:
     assert summary == again
     assert summary.adds_up
     assert summary.state is RunState.INTERRUPTED and summary.finished_at is not None
-    assert (summary.read, summary.succeeded, summary.rejected, summary.failed, summary.invalid, summary.skipped,
-            summary.pending) == (16, 6, 2, 1, 2, 1, 4)
+    assert (
+        summary.read,
+        summary.succeeded,
+        summary.rejected,
+        summary.failed,
+        summary.invalid,
+        summary.skipped,
+        summary.pending,
+    ) == (16, 6, 2, 1, 2, 1, 4)
     contacts, links = summary.per_stream
     assert (contacts.stream, contacts.read, contacts.pending, contacts.errors) == ("contacts", 14, 4, 4)
     assert (links.stream, links.read, links.pending, links.invalid) == ("links", 2, 0, 1)
     assert {(e.status, e.code): e.count for e in summary.top_errors} == {
-        (Status.REJECTED, "INVALID_DATA"): 2, (Status.FAILED, "INVALID_DATA"): 1,
+        (Status.REJECTED, "INVALID_DATA"): 2,
+        (Status.FAILED, "INVALID_DATA"): 1,
         (Status.INVALID, "INVALID_DATA"): 2,
     }
 
@@ -118,7 +155,9 @@ async def test_top_errors_are_counted_with_a_sample_message(tmp_path: Path) -> N
         await ledger.append(run_id, errors)
         summary = await ledger.finish_run(run_id, state="completed", read={"contacts": 4})
     assert [(e.code, e.count, e.sample) for e in summary.top_errors] == [
-        ("DUPLICATE_DATA", 3, "duplicate 0"), ("INTERNAL_ERROR", 1, "boom")]
+        ("DUPLICATE_DATA", 3, "duplicate 0"),
+        ("INTERNAL_ERROR", 1, "boom"),
+    ]
 
 
 async def test_unfinished_run_is_counted_live(tmp_path: Path) -> None:
@@ -150,7 +189,11 @@ async def test_runs_history_newest_first(tmp_path: Path) -> None:
         (first, RunState.COMPLETED, None, False),
     ]
     assert (history[2].read, history[2].failed, history[2].config_file, history[2].streams) == (
-        2, 1, "nightly.toml", ("contacts",))
+        2,
+        1,
+        "nightly.toml",
+        ("contacts",),
+    )
 
 
 async def test_retry_of_an_unknown_run_is_refused(tmp_path: Path) -> None:
@@ -177,8 +220,7 @@ async def test_finish_run_needs_a_known_final_state(tmp_path: Path) -> None:
     [
         pytest.param({}, [("a", 1), ("a", 2), ("a", 3), ("a", 4), ("b", 1), ("b", 2)], id="all"),
         pytest.param({"stream": "b"}, [("b", 1), ("b", 2)], id="stream"),
-        pytest.param({"statuses": {Status.REJECTED, Status.FAILED}}, [("a", 2), ("a", 3), ("b", 2)],
-                     id="statuses"),
+        pytest.param({"statuses": {Status.REJECTED, Status.FAILED}}, [("a", 2), ("a", 3), ("b", 2)], id="statuses"),
         pytest.param({"codes": ["LOCKED"]}, [("a", 3)], id="codes"),
         pytest.param({"statuses": [Status.REJECTED], "stream": "b"}, [("b", 2)], id="status-and-stream"),
         pytest.param({"statuses": []}, [], id="no-status-matches-nothing"),
@@ -188,11 +230,17 @@ async def test_outcomes_filters(tmp_path: Path, filters: dict[str, object], expe
     """outcomes() filters by status, code and stream, in (stream, seq) order."""
     async with SqliteLedger(tmp_path / "ledger.db") as ledger:
         run_id = await ledger.start_run(config_file="c.toml", streams=["a", "b"])
-        await ledger.append(run_id, [
-            outcome(2, Status.REJECTED, stream="b"), outcome(4, stream="a"), outcome(1, stream="b"),
-            outcome(1, stream="a"), outcome(2, Status.REJECTED, stream="a"),
-            outcome(3, Status.FAILED, stream="a", code="LOCKED"),
-        ])
+        await ledger.append(
+            run_id,
+            [
+                outcome(2, Status.REJECTED, stream="b"),
+                outcome(4, stream="a"),
+                outcome(1, stream="b"),
+                outcome(1, stream="a"),
+                outcome(2, Status.REJECTED, stream="a"),
+                outcome(3, Status.FAILED, stream="a", code="LOCKED"),
+            ],
+        )
         rows = await rows_of(ledger, run_id, **filters)
     assert [(r.stream, r.seq) for r in rows] == expected
 

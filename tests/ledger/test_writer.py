@@ -29,8 +29,13 @@ async def test_full_batches_flush_at_batch_size_and_the_rest_at_the_end(tmp_path
         async with send:
             for i in range(1200):
                 send.send_nowait(outcome(i))
-        writer = LedgerWriter(ledger, run_id, batch_size=500, max_delay=60,
-                              on_flush=lambda batch: flushed.append([o.change.seq for o in batch]))
+        writer = LedgerWriter(
+            ledger,
+            run_id,
+            batch_size=500,
+            max_delay=60,
+            on_flush=lambda batch: flushed.append([o.change.seq for o in batch]),
+        )
         await writer.run(receive)
         seqs = await ledger.terminal_seqs(run_id, "contacts")
     assert [len(b) for b in flushed] == [500, 500, 200]
@@ -132,9 +137,19 @@ async def test_a_ledger_error_stops_the_writer_and_closes_its_stream(tmp_path: P
 async def test_append_rate_through_the_writer(tmp_path: Path) -> None:
     """200,000 outcomes through the writer all land, once each; the rate is printed (benchmarks assert it)."""
     total = 200_000
-    outcomes = [outcome(i, Status.SUCCESS if i % 10 else Status.REJECTED, crm_id=str(10**18 + i),
-                        http_status=200, attempts=1, started_at=1.0, finished_at=1.5, message="record updated")
-                for i in range(total)]
+    outcomes = [
+        outcome(
+            i,
+            Status.SUCCESS if i % 10 else Status.REJECTED,
+            crm_id=str(10**18 + i),
+            http_status=200,
+            attempts=1,
+            started_at=1.0,
+            finished_at=1.5,
+            message="record updated",
+        )
+        for i in range(total)
+    ]
     async with SqliteLedger(tmp_path / "ledger.db") as ledger:
         run_id = await ledger.start_run(config_file="c.toml", streams=["contacts"])
         send, receive = stream(2000)
@@ -147,6 +162,7 @@ async def test_append_rate_through_the_writer(tmp_path: Path) -> None:
                     await send.send(o)
         elapsed = time.perf_counter() - started
         summary = await ledger.finish_run(run_id, state="completed", read={"contacts": total})
-    print(f"\nledger append rate through LedgerWriter: {total / elapsed:,.0f} outcomes/s "
-          f"({writer.flushes} transactions)")
+    print(
+        f"\nledger append rate through LedgerWriter: {total / elapsed:,.0f} outcomes/s ({writer.flushes} transactions)"
+    )
     assert (summary.succeeded, summary.rejected, summary.pending, summary.adds_up) == (180_000, 20_000, 0, True)

@@ -107,9 +107,7 @@ async def test_invalid_bytes_spoil_only_their_row(tmp_path: Path) -> None:
     content = b"id,name\n1,Ada\n2,Gr\xffce\n3,Alan\n"
     rows = await read_all(csv_file(tmp_path, content))
     assert rows[0] == SourceRow(seq=1, values={"id": "1", "name": "Ada"})
-    assert rows[1] == BadRow(
-        seq=2, raw="2,Gr\ufffdce", reason="line 3: byte 0xff at position 4 is not valid utf-8"
-    )
+    assert rows[1] == BadRow(seq=2, raw="2,Gr\ufffdce", reason="line 3: byte 0xff at position 4 is not valid utf-8")
     assert rows[2] == SourceRow(seq=3, values={"id": "3", "name": "Alan"})
 
 

@@ -26,9 +26,7 @@ async def read_all(source: SourceConfig, start_after: int = 0) -> list[Row]:
 
 async def test_objects_keep_json_types(tmp_path: Path) -> None:
     """Values keep their JSON types; null stays None, a missing key stays missing."""
-    source = jsonl_file(
-        tmp_path, '{"id": 1, "name": "Ada", "vip": true, "tags": ["a"], "x": null}\n{"id": 2}\n'
-    )
+    source = jsonl_file(tmp_path, '{"id": 1, "name": "Ada", "vip": true, "tags": ["a"], "x": null}\n{"id": 2}\n')
     assert isinstance(open_reader(source), JsonlReader)
     assert await read_all(source) == [
         SourceRow(seq=1, values={"id": 1, "name": "Ada", "vip": True, "tags": ["a"], "x": None}),
@@ -68,9 +66,7 @@ async def test_bad_lines_are_bad_rows(tmp_path: Path, line: str, reason: str) ->
 async def test_invalid_utf8_spoils_only_its_line(tmp_path: Path) -> None:
     """Bytes that are not UTF-8 make that line a BadRow naming the byte."""
     rows = await read_all(jsonl_file(tmp_path, b'{"n": 1}\n{"n": "\xff"}\n{"n": 3}\n'))
-    assert rows[1] == BadRow(
-        seq=2, raw='{"n": "\ufffd"}', reason="byte 0xff at position 7 is not valid utf-8"
-    )
+    assert rows[1] == BadRow(seq=2, raw='{"n": "\ufffd"}', reason="byte 0xff at position 7 is not valid utf-8")
     assert [r.seq for r in rows if isinstance(r, SourceRow)] == [1, 3]
 
 
