@@ -57,6 +57,7 @@ class Batcher:
         self._buffered = 0
         self._inputs = 0
         self._halted: set[str] = set()
+        self.stopped = False
         self._changed = anyio.Event()
 
     # -- inputs -----------------------------------------------------------------------------------
@@ -70,12 +71,12 @@ class Batcher:
         self._notify()
 
     async def put(self, change: Change, *, max_items: int, linger: float) -> bool:
-        """Hand over one change; False (and nothing held) when its stream has been halted."""
-        while self._buffered >= self._max_buffered:
+        """Hand over one change; False (and nothing held) when its stream was halted or the run stopped."""
+        while self._buffered >= self._max_buffered and not self.stopped:
             if not self._ready:
                 self._seal_all()  # full of partial buckets: send them rather than wait for linger
             await self._wait()
-        if change.stream in self._halted:
+        if self.stopped or change.stream in self._halted:
             return False
         self._buffered += 1
         self._admit(change, max_items, linger)
@@ -87,6 +88,8 @@ class Batcher:
     async def get(self) -> Payload | None:
         """The next payload to send, or None when every input is closed and nothing is left."""
         while True:
+            if self.stopped:
+                return None
             if self._ready:
                 payload = self._ready.popleft()
                 self._buffered -= sum(len(item.changes) for item in payload.items)
@@ -123,6 +126,11 @@ class Batcher:
             while queued:
                 change, max_items, linger = queued.popleft()
                 self._admit(change, max_items, linger)
+
+    def stop(self) -> None:
+        """Stop handing out payloads and taking changes: what is held stays pending, for a resumed run."""
+        self.stopped = True
+        self._notify()
 
     def halt(self, stream: str) -> list[Change]:
         """Stop a stream: take back every change of it that is held and not in flight."""

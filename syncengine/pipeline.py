@@ -26,14 +26,14 @@ from syncengine.config import Config, Secrets, StreamConfig
 from syncengine.crm.auth import TokenProvider
 from syncengine.crm.requests import max_items
 from syncengine.crm.transport import Transport
-from syncengine.errors import AuthError, CreditsExhausted, SecretsError, StreamHalted
+from syncengine.errors import AuthError, SecretsError, StreamHalted
 from syncengine.ledger import LedgerWriter, RunSummary, SqliteLedger
 from syncengine.limits import CreditMeter, Limits
 from syncengine.mapping import to_change
 from syncengine.model import Outcome
 from syncengine.progress import RunProgress
 from syncengine.readers import open_reader
-from syncengine.workers import BudgetReached, CallStats, RetryPolicy, Sender, Worker, failed_outcome
+from syncengine.workers import CallStats, RetryPolicy, Sender, Worker, failed_outcome
 
 __all__ = ["RunOptions", "RunResult", "run_sync"]
 
@@ -116,6 +116,13 @@ async def run_sync(
         send, receive = anyio.create_memory_object_stream[Outcome](options.outcome_buffer)
         writer = LedgerWriter(ledger, run_id, on_flush=progress.on_flush)
 
+        def on_stop(reason: Exception) -> None:
+            nonlocal stopped, fatal
+            if stopped is None:
+                stopped, fatal = str(reason), isinstance(reason, AuthError | SecretsError)
+                log.error("syncengine.run_stopping", reason=stopped, cause=type(reason).__name__)
+            batcher.stop()
+
         async def on_halt(error: StreamHalted) -> None:
             if error.stream in {h.split(":", 1)[0] for h in halted}:
                 return
@@ -130,35 +137,29 @@ async def run_sync(
 
         state = "interrupted"  # unless the run gets to say otherwise
         try:
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(writer.run, receive)
-                    async with send, anyio.create_task_group() as stages:
-                        for stream in streams:
-                            batcher.open_input()
-                            stages.start_soon(_read, stream, batcher, send.clone(), progress)
-                        for _ in range(crm.concurrency):
-                            worker = Worker(
-                                sender=sender,
-                                batcher=batcher,
-                                outcomes=send,
-                                api_base=crm.api_base,
-                                trigger=crm.trigger,
-                                policy=options.policy,
-                                on_halt=on_halt,
-                                dry_run_out=dry_out,
-                            )
-                            stages.start_soon(worker.run)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(writer.run, receive)
+                async with send, anyio.create_task_group() as stages:
+                    for stream in streams:
+                        batcher.open_input()
+                        stages.start_soon(_read, stream, batcher, send.clone(), progress)
+                    for _ in range(crm.concurrency):
+                        worker = Worker(
+                            sender=sender,
+                            batcher=batcher,
+                            outcomes=send,
+                            api_base=crm.api_base,
+                            trigger=crm.trigger,
+                            policy=options.policy,
+                            on_halt=on_halt,
+                            on_stop=on_stop,
+                            dry_run_out=dry_out,
+                        )
+                        stages.start_soon(worker.run)
+            if batcher.stopped:
+                state = "failed" if fatal else "paused"
+            else:
                 state = "halted" if halted else "completed"
-            except* CreditsExhausted as group:
-                stopped, state = str(group.exceptions[0]), "paused"
-                log.error("syncengine.credits_exhausted", message=stopped)
-            except* BudgetReached as group:
-                stopped, state = str(group.exceptions[0]), "paused"
-                log.warning("syncengine.budget_reached", message=stopped)
-            except* (AuthError, SecretsError) as group:
-                stopped, state, fatal = str(group.exceptions[0]), "failed", True
-                log.error("syncengine.auth_failed", message=stopped)
         finally:
             # Ctrl-C or a crash still closes the run in the ledger with what was committed.
             with anyio.CancelScope(shield=True):
@@ -205,6 +206,8 @@ async def _read(
                 if isinstance(result, Outcome):
                     await send.send(result)
                 elif not await batcher.put(result, max_items=per_call, linger=stream.linger):
+                    if batcher.stopped:
+                        return  # the run is stopping: this change stays pending, for a resumed run
                     await send.send(
                         failed_outcome(
                             result, code="STREAM_HALTED", message="not sent: the stream was halted by an earlier error"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import IO
+from typing import IO, Protocol
 
 import anyio
 import orjson
@@ -23,9 +23,9 @@ from syncengine.crm.auth import TokenProvider
 from syncengine.crm.requests import Call, build_call, is_complex, write_credits
 from syncengine.crm.responses import Action, Records, Refused, interpret, relation_not_found
 from syncengine.crm.transport import HttpResponse
-from syncengine.errors import CreditsExhausted, StreamHalted, TransportError
+from syncengine.errors import AuthError, CreditsExhausted, SecretsError, StreamHalted, TransportError
 from syncengine.limits import CreditMeter, Limits
-from syncengine.model import Change, Operation, Outcome, Payload, PayloadItem, Status
+from syncengine.model import JSON, Change, Operation, Outcome, Payload, PayloadItem, Status
 
 __all__ = ["BudgetReached", "CallStats", "RetryPolicy", "Sender", "Worker"]
 
@@ -191,15 +191,24 @@ class Sender:
 
 
 @dataclass(slots=True)
-class _Tries:
-    counts: dict[int, int] = field(default_factory=dict)  # id(item) -> calls it took part in
+class _Ledger:
+    """Per payload: how many calls each record took part in, and which records already have outcomes."""
+
+    tries: dict[int, int] = field(default_factory=dict)  # id(item) -> calls
+    emitted: set[int] = field(default_factory=set)  # id(item) of records with their outcomes out
 
     def add(self, items: Sequence[PayloadItem], calls: int) -> None:
         for item in items:
-            self.counts[id(item)] = self.counts.get(id(item), 0) + calls
+            self.tries[id(item)] = self.tries.get(id(item), 0) + calls
 
-    def of(self, item: PayloadItem) -> int:
-        return self.counts.get(id(item), 0)
+    def open_items(self, items: Sequence[PayloadItem]) -> list[PayloadItem]:
+        return [item for item in items if id(item) not in self.emitted]
+
+
+class RunStop(Protocol):
+    """What a worker calls when the whole run must stop sending (credits, budget, credentials)."""
+
+    def __call__(self, reason: Exception) -> None: ...
 
 
 class Worker:
@@ -215,6 +224,7 @@ class Worker:
         trigger: Sequence[str] | None,
         policy: RetryPolicy,
         on_halt: Callable[[StreamHalted], Awaitable[None]],
+        on_stop: RunStop,
         dry_run_out: IO[bytes] | None = None,
     ) -> None:
         self._sender = sender
@@ -224,6 +234,7 @@ class Worker:
         self._trigger = trigger
         self._policy = policy
         self._on_halt = on_halt
+        self._on_stop = on_stop
         self._dry_run_out = dry_run_out
 
     async def run(self) -> None:
@@ -234,34 +245,38 @@ class Worker:
                 self._batcher.done(payload)
 
     async def process(self, payload: Payload) -> None:
+        """Send one payload; every change of it ends with exactly one outcome, or none if the run stops."""
         started = time.time()
-        stream = payload.items[0].changes[0].stream
+        book = _Ledger()
         if self._dry_run_out is not None:
             self._write_dry_run(build_call(payload, self._api_base, trigger=self._trigger))
-            await self._emit_all(
+            await self._emit(
                 payload.items,
+                book,
                 started,
                 status=Status.SKIPPED,
                 code="DRY_RUN",
                 message="dry run: request written, not sent",
-                tries=_Tries(),
             )
             return
         try:
-            await self._send(payload, payload.items, started, _Tries())
+            await self._send(payload, payload.items, started, book)
         except StreamHalted as halted:
-            await self._emit_all(
-                payload.items,
+            await self._emit(
+                book.open_items(payload.items),
+                book,
                 started,
                 status=Status.FAILED,
                 code=halted.code,
                 message=halted.message,
-                tries=_Tries(),
-                note=f"stream {stream!r} halted",
+                note=f"stream {halted.stream!r} halted",
             )
             await self._on_halt(halted)
+        except (BudgetReached, CreditsExhausted, AuthError, SecretsError) as stop:
+            # The records without an outcome stay pending: a resumed run sends them.
+            self._on_stop(stop)
 
-    async def _send(self, payload: Payload, items: Sequence[PayloadItem], started: float, tries: _Tries) -> None:
+    async def _send(self, payload: Payload, items: Sequence[PayloadItem], started: float, book: _Ledger) -> None:
         pending = list(items)
         last_code, last_message, last_status = "", "", None
         ambiguous = False
@@ -270,16 +285,16 @@ class Worker:
             result = await self._sender.send(
                 sub, build_call(sub, self._api_base, trigger=self._trigger), pending[0].changes[0].stream
             )
-            tries.add(pending, result.calls)
+            book.add(pending, result.calls)
             ambiguous |= result.ambiguous
             if isinstance(result, GaveUp):
-                await self._emit_all(
+                await self._emit(
                     pending,
+                    book,
                     started,
                     status=Status.FAILED,
                     code=result.code,
                     message=result.message,
-                    tries=tries,
                     http_status=result.http_status,
                 )
                 return
@@ -288,17 +303,17 @@ class Worker:
                 if verdict.action is Action.REJECT and verdict.http_status == 400 and len(pending) > 1:
                     # One bad record can make Zoho refuse the whole body: split to isolate it.
                     half = len(pending) // 2
-                    await self._send(payload, pending[:half], started, tries)
-                    await self._send(payload, pending[half:], started, tries)
+                    await self._send(payload, pending[:half], started, book)
+                    await self._send(payload, pending[half:], started, book)
                     return
                 status = Status.REJECTED if verdict.action is Action.REJECT else Status.FAILED
-                await self._emit_all(
+                await self._emit(
                     pending,
+                    book,
                     started,
                     status=status,
                     code=verdict.code,
                     message=verdict.message,
-                    tries=tries,
                     http_status=verdict.http_status,
                     details=verdict.details,
                 )
@@ -316,14 +331,14 @@ class Worker:
                     # A delink retried after a drop that may have been applied: it was.
                     status, code, message = Status.SUCCESS, "SUCCESS", "relation removed"
                     note = "ambiguous retry: an earlier try had already removed the relation"
-                await self._emit_item(
-                    item,
+                await self._emit(
+                    (item,),
+                    book,
                     started,
                     status=status,
                     code=code,
                     message=message,
                     crm_id=record.crm_id,
-                    tries=tries,
                     http_status=verdict.http_status,
                     details=record.details,
                     note=note,
@@ -332,74 +347,44 @@ class Worker:
                 return
             pending = retry
             await anyio.sleep(self._policy.backoff(round_))
-        await self._emit_all(
-            pending,
-            started,
-            status=Status.FAILED,
-            code=last_code,
-            message=last_message,
-            tries=tries,
-            http_status=last_status,
+        await self._emit(
+            pending, book, started, status=Status.FAILED, code=last_code, message=last_message, http_status=last_status
         )
 
-    async def _emit_all(
+    async def _emit(
         self,
         items: Sequence[PayloadItem],
+        book: _Ledger,
         started: float,
         *,
         status: Status,
         code: str,
         message: str,
-        tries: _Tries,
+        crm_id: str | None = None,
         http_status: int | None = None,
-        details: object = None,
-        note: str | None = None,
-    ) -> None:
-        for item in items:
-            await self._emit_item(
-                item,
-                started,
-                status=status,
-                code=code,
-                message=message,
-                crm_id=None,
-                tries=tries,
-                http_status=http_status,
-                details=details,
-                note=note,
-            )
-
-    async def _emit_item(
-        self,
-        item: PayloadItem,
-        started: float,
-        *,
-        status: Status,
-        code: str,
-        message: str,
-        crm_id: str | None,
-        tries: _Tries,
-        http_status: int | None,
-        details: object,
+        details: Mapping[str, JSON] | None = None,
         note: str | None = None,
     ) -> None:
         finished = time.time()
-        outcomes = [
-            Outcome(
-                change=change,
-                status=status,
-                code=code,
-                message=message,
-                details=details if isinstance(details, dict) and details else None,
-                crm_id=crm_id,
-                http_status=http_status,
-                attempts=tries.of(item),
-                started_at=started,
-                finished_at=finished,
-                note=note,
+        outcomes: list[Outcome] = []
+        for item in items:
+            book.emitted.add(id(item))
+            outcomes.extend(
+                Outcome(
+                    change=change,
+                    status=status,
+                    code=code,
+                    message=message,
+                    details=details or None,
+                    crm_id=crm_id,
+                    http_status=http_status,
+                    attempts=book.tries.get(id(item), 0),
+                    started_at=started,
+                    finished_at=finished,
+                    note=note,
+                )
+                for change in item.changes
             )
-            for change in item.changes
-        ]
         await send_all(self._outcomes, outcomes)
 
     def _write_dry_run(self, call: Call) -> None:

@@ -305,3 +305,146 @@ async def test_dry_run_sends_nothing_and_writes_requests(tmp_path: Path, sandbox
     assert len(lines) == 2 and "Authorization" not in out.read_text()
     assert (sandbox.state.find_by_field("Contacts", "External_Contact_ID", "C0") or {})["Last_Name"] == "L0"
     assert not (tmp_path / "ledger.db").exists()
+
+
+async def test_missing_parent_rejects_its_records_and_the_stream_goes_on(tmp_path: Path, sandbox: Sandbox) -> None:
+    """404 "record does not exist" on a related call rejects that parent's records, not the stream."""
+    seed_contacts(sandbox, 4, deals=1)
+    deal = sandbox.state.find_id("Deals", "External_Deal_ID", "D0")
+    contacts = [sandbox.state.find_id("Contacts", "External_Contact_ID", f"C{i}") for i in range(4)]
+    src = write_csv(
+        tmp_path / "l.csv",
+        ["deal", "contact"],
+        [[deal, contacts[0]], ["111111000009999999", contacts[1]], [deal, contacts[2]]],
+    )
+    config = write_config(
+        tmp_path / "sync.toml",
+        sandbox.url,
+        [
+            {
+                "name": "link",
+                "operation": "update_related",
+                "module": "Deals",
+                "related_list": "Contacts",
+                "parent": {"column": "deal"},
+                "match": {"column": "contact"},
+                "source": {"kind": "csv", "path": str(src)},
+            }
+        ],
+    )
+    result = await run(config)
+    s = result.summary
+    assert (s.succeeded, s.rejected) == (2, 1) and s.adds_up and not result.halted
+    bad = next(r for r in await outcomes(config.file, s.run_id) if r.status is Status.REJECTED)
+    assert (bad.http_status, bad.code) == (404, "INVALID_DATA")
+
+
+async def test_all_records_refused_is_400_with_data(tmp_path: Path, sandbox: Sandbox) -> None:
+    """400 with data[] (every record failed) gives each record its own code, not a request-level error."""
+    src = write_jsonl(tmp_path / "l.jsonl", [{"id": str(111111000008000000 + i), "company": "X"} for i in range(3)])
+    config = write_config(
+        tmp_path / "sync.toml",
+        sandbox.url,
+        [
+            {
+                "name": "leads",
+                "operation": "update",
+                "module": "Leads",
+                "source": {"kind": "jsonl", "path": str(src)},
+                "match": {"column": "id"},
+                "fields": {"Company": "company"},
+            }
+        ],
+    )
+    result = await run(config)
+    rows = await outcomes(config.file, result.summary.run_id)
+    assert [(r.status, r.code, r.http_status) for r in rows] == [(Status.REJECTED, "INVALID_DATA", 400)] * 3
+
+
+@pytest.mark.parametrize(
+    ("options", "secrets_token", "code"),
+    [
+        ({"no_permission_modules": ("Contacts",)}, None, "NO_PERMISSION"),
+        ({"scoped_tokens": (("narrow-token", "ZohoCRM.modules.Leads.READ"),)}, "narrow-token", "OAUTH_SCOPE_MISMATCH"),
+    ],
+    ids=["403-no-permission", "401-scope-mismatch"],
+)
+async def test_config_level_refusal_halts_after_one_call(
+    tmp_path: Path, options: dict[str, Any], secrets_token: str | None, code: str
+) -> None:
+    """A refusal no retry can fix stops the stream at once instead of burning credits on every payload."""
+    from syncengine.config import Secrets
+
+    async with Sandbox(SandboxOptions(**options)) as sb:
+        seed_contacts(sb, 500)
+        src = write_csv(tmp_path / "c.csv", ["erp_id", "last_name", "title"], [[f"C{i}", "N", "T"] for i in range(500)])
+        config = write_config(tmp_path / "sync.toml", sb.url, [contacts_stream(src)], concurrency=1)
+        secrets = Secrets(client_id=None, client_secret=None, refresh_token=None, access_token=secrets_token)
+        result = await (run(config, secrets=secrets) if secrets_token else run(config))
+        s = result.summary
+        assert s.adds_up and s.succeeded == 0 and result.calls <= 2
+        assert result.halted and code in result.halted[0]
+        rows = await outcomes(config.file, s.run_id)
+        assert rows and all(r.status is Status.FAILED for r in rows)
+
+
+async def test_delink_retried_after_an_applied_drop_is_success(tmp_path: Path) -> None:
+    """Drops after the delink was applied make the retry find "relation not found": recorded as SUCCESS."""
+    async with Sandbox(SandboxOptions(seed=5, drop_rate=0.5)) as sb:
+        seed_contacts(sb, 40, deals=1)
+        deal = str(sb.state.find_id("Deals", "External_Deal_ID", "D0"))
+        contacts = [str(sb.state.find_id("Contacts", "External_Contact_ID", f"C{i}")) for i in range(40)]
+        sb.state.load(
+            {
+                "relations": [
+                    {"module": "Deals", "id": deal, "related_list": "Contacts", "related_id": c} for c in contacts
+                ]
+            }
+        )
+        src = write_csv(tmp_path / "u.csv", ["deal", "contact"], [[deal, c] for c in contacts])
+        config = write_config(
+            tmp_path / "sync.toml",
+            sb.url,
+            [
+                {
+                    "name": "unlink",
+                    "operation": "delete_related",
+                    "module": "Deals",
+                    "related_list": "Contacts",
+                    "parent": {"column": "deal"},
+                    "match": {"column": "contact"},
+                    "source": {"kind": "csv", "path": str(src)},
+                    "batch_size": 5,
+                }
+            ],
+        )
+        result = await run(config)
+        assert result.summary.succeeded == 40 and result.summary.adds_up
+        assert sb.state.related("Deals", deal, "Contacts") == {}
+        assert sb.stats.snapshot()["drops_after"] > 0
+        notes = [r.note for r in await outcomes(config.file, result.summary.run_id) if r.note]
+        assert notes and all("ambiguous retry" in n for n in notes)
+
+
+async def test_spent_credits_pause_the_run_with_the_rest_pending(tmp_path: Path) -> None:
+    """When every call gets 429 (credits gone) the run pauses, says so, and leaves the rest pending."""
+    async with Sandbox(SandboxOptions(credits=3)) as sb:
+        seed_contacts(sb, 1000)
+        src = write_csv(
+            tmp_path / "c.csv", ["erp_id", "last_name", "title"], [[f"C{i}", "N", "T"] for i in range(1000)]
+        )
+        config = write_config(tmp_path / "sync.toml", sb.url, [contacts_stream(src)], concurrency=1)
+        result = await run(config)
+        s = result.summary
+        assert s.state == "paused" and result.stopped and "credits" in result.stopped
+        assert s.adds_up and s.succeeded == 100 and s.pending == s.read - 100 and s.failed == 0
+
+
+async def test_credit_budget_is_never_exceeded(tmp_path: Path, sandbox: Sandbox) -> None:
+    """A configured credit budget stops the run at the budget, the rest pending."""
+    seed_contacts(sandbox, 1000)
+    src = write_csv(tmp_path / "c.csv", ["erp_id", "last_name", "title"], [[f"C{i}", "N", "T"] for i in range(1000)])
+    config = write_config(tmp_path / "sync.toml", sandbox.url, [contacts_stream(src)], credit_budget=25)
+    result = await run(config)
+    assert sandbox.stats.snapshot()["credits_used"] <= 25
+    assert result.summary.state == "paused" and result.summary.succeeded == 200 and result.summary.adds_up
