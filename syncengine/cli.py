@@ -31,7 +31,8 @@ T = TypeVar("T")
 
 
 def _console() -> Console:
-    return Console(stderr=False)
+    # Off a terminal (a log file, CI) rich would wrap at 80 columns; tables read better wider.
+    return Console() if sys.stdout.isatty() else Console(width=132)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:

@@ -179,10 +179,12 @@ def render_summary(summary: RunSummary, console: Console) -> None:
         f" · {_duration(summary.duration)}" if summary.duration is not None else "",
         f" · retry of run {summary.retry_of}" if summary.retry_of is not None else "",
     )
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-    table.add_column("stream")
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+    table.add_column("stream", overflow="fold")
     for name in _COUNTS:
-        table.add_column(name, justify="right")
+        # Counts are never cut: the stream name folds instead when the terminal is narrow.
+        width = max(len(name), len(f"{getattr(summary, name):,}"))
+        table.add_column(name, justify="right", no_wrap=True, min_width=width)
     for s in summary.per_stream:
         table.add_row(s.stream, *(_count(name, getattr(s, name)) for name in _COUNTS))
     table.add_section()
@@ -197,11 +199,11 @@ def render_summary(summary: RunSummary, console: Console) -> None:
         highlight=False,
     )
     if summary.top_errors:
-        errors = Table(title="Top errors", box=box.SIMPLE_HEAD, title_justify="left")
-        errors.add_column("status")
-        errors.add_column("code")
-        errors.add_column("count", justify="right")
-        errors.add_column("sample message", max_width=80, overflow="ellipsis", no_wrap=True)
+        errors = Table(title="Top errors", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
+        errors.add_column("status", no_wrap=True, min_width=8)
+        errors.add_column("code", no_wrap=True, min_width=len(max((e.code or "-" for e in summary.top_errors), key=len)))
+        errors.add_column("count", justify="right", no_wrap=True)
+        errors.add_column("sample message", ratio=1, overflow="fold")
         for e in summary.top_errors:
             errors.add_row(
                 Text(e.status.value, style=_STATUS_STYLE[e.status]),
