@@ -22,7 +22,7 @@ from syncengine.errors import LedgerError, SecretsError, SourceError, SyncError
 from syncengine.ledger import SqliteLedger, render_runs, write_report
 from syncengine.logs import configure_logging
 from syncengine.model import Status
-from syncengine.pipeline import RunOptions
+from syncengine.pipeline import Redrive, RunOptions
 from syncengine.runner import EXIT_INTERRUPTED, EXIT_USAGE, exit_code, run_with_progress
 
 __all__ = ["main"]
@@ -58,20 +58,87 @@ def cli(json_logs: bool | None) -> None:
     default=None,
     help="Where a dry run writes the would-be requests (JSONL). Default: <config>.dry-run.jsonl",
 )
-def run(config_file: Path, streams: tuple[str, ...], dry_run: bool, requests_out: Path | None) -> None:
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="If this config's last run did not complete, continue it: changes with an outcome are skipped.",
+)
+def run(config_file: Path, streams: tuple[str, ...], dry_run: bool, requests_out: Path | None, resume: bool) -> None:
     """Run every stream of CONFIG_FILE once (or only --stream NAME)."""
     config = _load(config_file)
     for name in streams:
         _guard(functools.partial(config.stream, name))
-    secrets = None
-    if not dry_run:
-        secrets = _guard(lambda: load_secrets(config.crm, os.environ))
+    secrets = None if dry_run else _guard(lambda: load_secrets(config.crm, os.environ))
     out = (requests_out or config_file.with_suffix(".dry-run.jsonl")) if dry_run else None
-    options = RunOptions(streams=streams, dry_run_path=out)
+    resume_run = _guard(lambda: anyio.run(_resumable, config)) if resume and not dry_run else None
+    if resume and resume_run is None and not dry_run:
+        click.echo("Nothing to resume: the last run of this config completed. Starting a new run.", err=True)
+    options = RunOptions(streams=streams, dry_run_path=out, resume=resume_run)
     code = execute(config, secrets, options)
     if out is not None:
         click.echo(f"Would-be requests: {out}")
     sys.exit(code)
+
+
+@cli.command()
+@click.argument("run_id", type=int)
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The run's config (default: the file the run was started with).",
+)
+def resume(run_id: int, config_file: Path | None) -> None:
+    """Continue RUN_ID after a crash, a kill or a stop: changes that already have an outcome are skipped."""
+    config = _run_config(run_id, config_file)
+    secrets = _guard(lambda: load_secrets(config.crm, os.environ))
+    sys.exit(execute(config, secrets, RunOptions(resume=run_id)))
+
+
+@cli.command()
+@click.argument("run_id", type=int)
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The run's config (default: the file the run was started with).",
+)
+@click.option("--codes", default=None, help="Only changes whose outcome has one of these codes (comma-separated).")
+@click.option("--stream", "streams", multiple=True, help="Only this stream (repeatable).")
+def retry(run_id: int, config_file: Path | None, codes: str | None, streams: tuple[str, ...]) -> None:
+    """Re-drive RUN_ID's FAILED changes (transient trouble that outlasted the retries) as a new, linked run.
+
+    The input is the source rows recorded in the ledger, mapped again with the current config, so a
+    mapping fixed since can be re-driven too. REJECTED changes are the CRM's refusals: fix the data and
+    feed the error export back instead (see `syncengine report --errors`).
+    """
+    config = _run_config(run_id, config_file)
+    secrets = _guard(lambda: load_secrets(config.crm, os.environ))
+    wanted = frozenset(c.strip() for c in codes.split(",") if c.strip()) if codes else None
+    options = RunOptions(streams=streams, redrive=Redrive(run_id=run_id, codes=wanted))
+    sys.exit(execute(config, secrets, options))
+
+
+async def _resumable(config: Config) -> int | None:
+    async with SqliteLedger(config.ledger.path) as ledger:
+        return await ledger.resumable_run(str(config.file))
+
+
+def _run_config(run_id: int, config_file: Path | None) -> Config:
+    """The config a run was made with (or the one given), checked to use the same ledger."""
+    if config_file is not None:
+        return _load(config_file)
+
+    async def find() -> str:
+        for ledger_file in (Path("syncengine.db"),):
+            if ledger_file.exists():
+                async with SqliteLedger(ledger_file) as ledger:
+                    return (await ledger.summary(run_id)).config_file
+        raise LedgerError("syncengine.db", "no ledger here: pass -c CONFIG to say which run's config to use")
+
+    return _load(Path(_guard(lambda: anyio.run(find))))
 
 
 def execute(config: Config, secrets: Secrets | None, options: RunOptions) -> int:

@@ -5,13 +5,16 @@
 One task group owns every stage. Readers hand changes to the batcher (which bounds what it holds),
 workers pull payloads from it, and every outcome goes through one bounded stream to the single
 ledger writer, whose final flush is shielded from cancellation.
+
+A run is new, a resume (the same run id: changes that already have a terminal outcome are skipped), or a
+re-drive (a new run, linked to an earlier one, whose input is the source rows of that run's failures).
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,18 +29,28 @@ from syncengine.config import Config, Secrets, StreamConfig
 from syncengine.crm.auth import TokenProvider
 from syncengine.crm.requests import max_items
 from syncengine.crm.transport import Transport
-from syncengine.errors import AuthError, SecretsError, StreamHalted
-from syncengine.ledger import LedgerWriter, RunSummary, SqliteLedger
+from syncengine.errors import AuthError, SecretsError, SourceError, StreamHalted, SyncError
+from syncengine.ledger import LedgerWriter, RunSummary, SeqSet, SqliteLedger
 from syncengine.limits import CreditMeter, Limits
 from syncengine.mapping import to_change
-from syncengine.model import Outcome
+from syncengine.model import Outcome, Status
+from syncengine.positions import Checkpoints, fingerprint, ledger_rows
 from syncengine.progress import RunProgress
-from syncengine.readers import open_reader
+from syncengine.readers import Row, open_reader
 from syncengine.workers import CallStats, RetryPolicy, Sender, Worker, failed_outcome
 
-__all__ = ["RunOptions", "RunResult", "run_sync"]
+__all__ = ["Redrive", "RunControl", "RunOptions", "RunResult", "run_sync"]
 
 log = structlog.get_logger("syncengine.pipeline")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Redrive:
+    """Send again the changes of an earlier run whose outcome has one of these statuses (and codes)."""
+
+    run_id: int
+    statuses: frozenset[Status] = frozenset({Status.FAILED})
+    codes: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,9 +59,12 @@ class RunOptions:
 
     streams: tuple[str, ...] = ()  # empty: every stream of the config
     dry_run_path: Path | None = None  # set: dry run, the would-be requests are written here as JSONL
+    resume: int | None = None  # continue this run: what already has a terminal outcome is skipped
+    redrive: Redrive | None = None
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     max_buffered: int = 10_000  # changes the batcher may hold: the memory bound of the pipeline
     outcome_buffer: int = 2_000
+    stop_timeout: float = 30.0  # after a stop request, how long calls in flight may take to finish
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,12 +73,38 @@ class RunResult:
 
     summary: RunSummary
     halted: tuple[str, ...]  # messages of streams stopped by a request-level config error
-    stopped: str | None  # why the run stopped early (credits, budget, auth), if it did
+    stopped: str | None  # why the run stopped early (credits, budget, auth, a signal), if it did
     fatal: bool  # stopped by something only the user can fix (credentials): exit code 2
+    interrupted: bool  # stopped on request (Ctrl-C, SIGTERM): exit code 130
     calls: int
     throttled: int
     refreshes: int
     max_in_flight: int
+
+
+class RunControl:
+    """Stop a run from outside: ``stop`` lets calls in flight finish, ``abort`` cancels them."""
+
+    def __init__(self) -> None:
+        self.stop_requested = anyio.Event()
+        self.abort_requested = anyio.Event()
+
+    def stop(self) -> None:
+        self.stop_requested.set()
+
+    def abort(self) -> None:
+        self.stop_requested.set()
+        self.abort_requested.set()
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What each stream reads, and what it may skip."""
+
+    run_id: int
+    streams: list[StreamConfig]
+    skip: dict[str, SeqSet]  # resume: seqs that already have a terminal outcome
+    start_after: dict[str, int]  # resume: checkpoints
 
 
 async def run_sync(
@@ -71,10 +113,11 @@ async def run_sync(
     *,
     options: RunOptions,
     progress: RunProgress | None = None,
+    control: RunControl | None = None,
 ) -> RunResult:
     """One run of the selected streams. Returns once every change read has its outcome in the ledger."""
-    streams = [config.stream(name) for name in options.streams] if options.streams else list(config.streams)
     progress = progress or RunProgress()
+    control = control or RunControl()
     dry_run = options.dry_run_path is not None
     crm = config.crm
     halted: list[str] = []
@@ -88,6 +131,8 @@ async def run_sync(
             Path(stack.enter_context(tempfile.TemporaryDirectory())) / "dry-run.db" if dry_run else config.ledger.path
         )
         ledger = await stack.enter_async_context(SqliteLedger(ledger_path))
+        plan = await _plan(config, ledger, options, dry_run)
+        run_id = plan.run_id
         dry_out: IO[bytes] | None = (
             stack.enter_context(options.dry_run_path.open("wb")) if options.dry_run_path is not None else None
         )
@@ -109,12 +154,17 @@ async def run_sync(
             stats=stats,
         )
         batcher = Batcher(max_buffered=options.max_buffered)
-        run_id = await ledger.start_run(
-            config_file=str(config.file), streams=[s.name for s in streams], dry_run=dry_run
+        checkpoints = Checkpoints(plan.start_after)
+        log.info(
+            "syncengine.run_started",
+            run_id=run_id,
+            streams=[s.name for s in plan.streams],
+            dry_run=dry_run,
+            resumed=options.resume is not None,
+            retry_of=options.redrive.run_id if options.redrive else None,
         )
-        log.info("syncengine.run_started", run_id=run_id, streams=[s.name for s in streams], dry_run=dry_run)
         send, receive = anyio.create_memory_object_stream[Outcome](options.outcome_buffer)
-        writer = LedgerWriter(ledger, run_id, on_flush=progress.on_flush)
+        writer = LedgerWriter(ledger, run_id, on_flush=progress.on_flush, checkpoints=checkpoints)
 
         def on_stop(reason: Exception) -> None:
             nonlocal stopped, fatal
@@ -128,35 +178,45 @@ async def run_sync(
                 return
             halted.append(f"{error.stream}: {error.code}: {error.message}")
             log.error("syncengine.stream_halted", stream=error.stream, code=error.code, message=error.message)
+            note = f"stream {error.stream!r} halted"
             for change in batcher.halt(error.stream):
-                await send.send(
-                    failed_outcome(
-                        change, code=error.code, message=error.message, note=f"stream {error.stream!r} halted"
-                    )
-                )
+                await send.send(failed_outcome(change, code=error.code, message=error.message, note=note))
+
+        async def on_request(stages: anyio.CancelScope) -> None:
+            await control.stop_requested.wait()
+            on_stop(SyncError("stopped on request: calls in flight finish, the rest stays pending"))
+            with anyio.move_on_after(options.stop_timeout):
+                await control.abort_requested.wait()
+            stages.cancel()  # a second request, or the calls in flight took too long
 
         state = "interrupted"  # unless the run gets to say otherwise
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(writer.run, receive)
                 async with send, anyio.create_task_group() as stages:
-                    for stream in streams:
-                        batcher.open_input()
-                        stages.start_soon(_read, stream, batcher, send.clone(), progress)
-                    for _ in range(crm.concurrency):
-                        worker = Worker(
-                            sender=sender,
-                            batcher=batcher,
-                            outcomes=send,
-                            api_base=crm.api_base,
-                            trigger=crm.trigger,
-                            policy=options.policy,
-                            on_halt=on_halt,
-                            on_stop=on_stop,
-                            dry_run_out=dry_out,
-                        )
-                        stages.start_soon(worker.run)
-            if batcher.stopped:
+                    stages.start_soon(on_request, stages.cancel_scope)
+                    async with anyio.create_task_group() as work:
+                        for stream in plan.streams:
+                            batcher.open_input()
+                            rows = _rows(stream, ledger, options, plan)
+                            work.start_soon(_read, stream, rows, batcher, send.clone(), progress, plan, checkpoints)
+                        for _ in range(crm.concurrency):
+                            worker = Worker(
+                                sender=sender,
+                                batcher=batcher,
+                                outcomes=send,
+                                api_base=crm.api_base,
+                                trigger=crm.trigger,
+                                policy=options.policy,
+                                on_halt=on_halt,
+                                on_stop=on_stop,
+                                dry_run_out=dry_out,
+                            )
+                            work.start_soon(worker.run)
+                    stages.cancel_scope.cancel()  # the work is done: stop waiting for a stop request
+            if control.stop_requested.is_set():
+                state = "interrupted"
+            elif batcher.stopped:
                 state = "failed" if fatal else "paused"
             else:
                 state = "halted" if halted else "completed"
@@ -186,6 +246,7 @@ async def run_sync(
         halted=tuple(halted),
         stopped=stopped,
         fatal=fatal,
+        interrupted=control.stop_requested.is_set(),
         calls=stats.calls,
         throttled=stats.throttled,
         refreshes=tokens.refreshes if tokens is not None else 0,
@@ -193,29 +254,91 @@ async def run_sync(
     )
 
 
+async def _plan(config: Config, ledger: SqliteLedger, options: RunOptions, dry_run: bool) -> _Plan:
+    """Start a new run, or reopen the one to resume after checking its sources are unchanged."""
+    if options.resume is None:
+        if options.redrive is not None:
+            before = await ledger.summary(options.redrive.run_id)
+            names = [n for n in before.streams if not options.streams or n in options.streams]
+        else:
+            names = list(options.streams) or [s.name for s in config.streams]
+        streams = [config.stream(n) for n in names]
+        run_id = await ledger.start_run(
+            config_file=str(config.file),
+            streams=names,
+            dry_run=dry_run,
+            retry_of=options.redrive.run_id if options.redrive else None,
+        )
+        if options.redrive is None:
+            await ledger.set_sources(run_id, {s.name: fingerprint(s.source) for s in streams})
+        return _Plan(run_id=run_id, streams=streams, skip={}, start_after={})
+    run_id = options.resume
+    before = await ledger.summary(run_id)
+    if before.retry_of is not None:
+        raise SourceError(f"run {run_id}", "a re-drive cannot be resumed; re-drive its parent again instead")
+    streams = [config.stream(n) for n in before.streams]
+    recorded = await ledger.sources(run_id)
+    for stream in streams:
+        now = fingerprint(stream.source)
+        if stream.name in recorded and recorded[stream.name] != now:
+            raise SourceError(
+                str(stream.source.path),
+                f"changed since run {run_id} started: resuming would send the wrong rows; "
+                "run it as a new run instead (without --resume)",
+            )
+    start_after = await ledger.checkpoints(run_id)
+    skip = {s.name: await ledger.terminal_seqs(run_id, s.name) for s in streams}
+    await ledger.reopen_run(run_id)
+    log.info(
+        "syncengine.run_resuming", run_id=run_id, done={k: len(v) for k, v in skip.items()}, checkpoints=start_after
+    )
+    return _Plan(run_id=run_id, streams=streams, skip=skip, start_after=start_after)
+
+
+def _rows(stream: StreamConfig, ledger: SqliteLedger, options: RunOptions, plan: _Plan) -> AsyncIterator[Row]:
+    if options.redrive is not None:
+        redrive = options.redrive
+        return ledger_rows(ledger, redrive.run_id, stream.name, statuses=redrive.statuses, codes=redrive.codes)
+    # Resumed: rows at or below the checkpoint all have their outcome; the reader skips them unparsed.
+    return open_reader(stream.source, start_after=plan.start_after.get(stream.name, 0))
+
+
 async def _read(
-    stream: StreamConfig, batcher: Batcher, send: MemoryObjectSendStream[Outcome], progress: RunProgress
+    stream: StreamConfig,
+    rows: AsyncIterator[Row],
+    batcher: Batcher,
+    send: MemoryObjectSendStream[Outcome],
+    progress: RunProgress,
+    plan: _Plan,
+    checkpoints: Checkpoints,
 ) -> None:
     """Stream one source into the batcher; bad rows go straight to the ledger as INVALID outcomes."""
     per_call = max_items(stream.target, stream.batch_size)
+    skip = plan.skip.get(stream.name)
+    if skip is not None:
+        progress.read[stream.name] += skip.count_upto(plan.start_after.get(stream.name, 0))
     try:
         async with send:
-            async for row in open_reader(stream.source):
+            async for row in rows:
                 progress.on_read(stream.name)
+                if skip is not None and row.seq in skip:
+                    continue  # resumed: this change already has its outcome in this run
+                checkpoints.seen(stream.name, row.seq)
                 result = to_change(stream, row)
                 if isinstance(result, Outcome):
                     await send.send(result)
                 elif not await batcher.put(result, max_items=per_call, linger=stream.linger):
                     if batcher.stopped:
                         return  # the run is stopping: this change stays pending, for a resumed run
-                    await send.send(
-                        failed_outcome(
-                            result, code="STREAM_HALTED", message="not sent: the stream was halted by an earlier error"
-                        )
-                    )
+                    note = "not sent: the stream was halted by an earlier error"
+                    await send.send(failed_outcome(result, code="STREAM_HALTED", message=note))
                     return
     finally:
         batcher.close_input()
+        aclose = getattr(rows, "aclose", None)
+        if aclose is not None:  # a stream stopped early must still close its file or ledger cursor
+            with anyio.CancelScope(shield=True):
+                await aclose()
 
 
 def selected_sources(config: Config, names: Sequence[str]) -> list[Path]:

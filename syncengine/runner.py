@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+
 import anyio
 from rich.console import Console
 
 from syncengine.config import Config, Secrets
 from syncengine.ledger import render_summary
-from syncengine.pipeline import RunOptions, RunResult, run_sync, selected_sources
+from syncengine.pipeline import RunControl, RunOptions, RunResult, run_sync, selected_sources
 from syncengine.progress import RunProgress, count_lines, show_progress
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_NOT_ALL_SUCCESS", "EXIT_OK", "EXIT_USAGE", "exit_code", "run_with_progress"]
@@ -21,15 +23,23 @@ async def run_with_progress(
     """Run while showing progress; print the summary that adds up, and what stopped the run early."""
     total = await anyio.to_thread.run_sync(count_lines, selected_sources(config, options.streams))
     progress = RunProgress(total=total or None)
+    control = RunControl()
     async with anyio.create_task_group() as tg:
         tg.start_soon(show_progress, progress, console)
-        result = await run_sync(config, secrets, options=options, progress=progress)
+        tg.start_soon(_stop_on_signals, control, console)
+        result = await run_sync(config, secrets, options=options, progress=progress, control=control)
         tg.cancel_scope.cancel()
     render_summary(result.summary, console)
     for message in result.halted:
         console.print(f"[red]stream halted[/] {message}")
     if result.stopped:
-        console.print(f"[yellow]stopped early:[/] {result.stopped}; the rest is pending and resumable.")
+        console.print(f"[yellow]stopped early:[/] {result.stopped}")
+    if result.summary.pending:
+        console.print(
+            f"[yellow]{result.summary.pending:,} changes pending.[/] Resume with "
+            f"`syncengine resume {result.summary.run_id} -c {config.file}` "
+            f"(or `syncengine run {config.file} --resume`)."
+        )
     console.print(
         f"calls {result.calls:,} · 429s {result.throttled:,} · token refreshes {result.refreshes} · "
         f"max in flight {result.max_in_flight} · ledger {config.ledger.path} (run {result.summary.run_id})"
@@ -37,9 +47,27 @@ async def run_with_progress(
     return result
 
 
+async def _stop_on_signals(control: RunControl, console: Console) -> None:
+    """First SIGINT/SIGTERM: stop reading and let calls in flight finish. Second: stop now."""
+    try:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                if control.stop_requested.is_set():
+                    console.print("[red]Stopping now.[/] The run stays resumable.")
+                    control.abort()
+                else:
+                    console.print("[yellow]Stopping:[/] calls in flight finish; signal again to stop at once.")
+                    control.stop()
+    except (NotImplementedError, ValueError):  # not the main thread, or no signals here: nothing to watch
+        await anyio.sleep_forever()
+
+
 def exit_code(result: RunResult) -> int:
-    """0 when every change is SUCCESS or SKIPPED, 2 when credentials were refused, else 1."""
+    """0 when every change is SUCCESS or SKIPPED, 2 when credentials were refused, 130 when stopped on
+    request, else 1."""
     if result.fatal:
         return EXIT_USAGE
+    if result.interrupted:
+        return EXIT_INTERRUPTED
     s = result.summary
     return EXIT_OK if s.rejected + s.failed + s.invalid + s.pending == 0 else EXIT_NOT_ALL_SUCCESS

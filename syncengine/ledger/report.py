@@ -201,7 +201,9 @@ def render_summary(summary: RunSummary, console: Console) -> None:
     if summary.top_errors:
         errors = Table(title="Top errors", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
         errors.add_column("status", no_wrap=True, min_width=8)
-        errors.add_column("code", no_wrap=True, min_width=len(max((e.code or "-" for e in summary.top_errors), key=len)))
+        errors.add_column(
+            "code", no_wrap=True, min_width=len(max((e.code or "-" for e in summary.top_errors), key=len))
+        )
         errors.add_column("count", justify="right", no_wrap=True)
         errors.add_column("sample message", ratio=1, overflow="fold")
         for e in summary.top_errors:

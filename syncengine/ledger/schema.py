@@ -22,7 +22,7 @@ from typing import Final
 
 __all__ = ["SCHEMA_VERSION", "NewerSchema", "migrate"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _V1: Final = """
 CREATE TABLE runs (
@@ -71,8 +71,18 @@ CREATE TABLE checkpoints (
 ) WITHOUT ROWID;
 """
 
+# A resumed run must read the same input: each stream's source is fingerprinted when the run starts.
+_V2: Final = """
+CREATE TABLE run_sources (
+    run_id      INTEGER NOT NULL,
+    stream      TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    PRIMARY KEY (run_id, stream)
+) WITHOUT ROWID;
+"""
+
 # Each entry takes the schema from version i to i + 1.
-_MIGRATIONS: Final = (_V1,)
+_MIGRATIONS: Final = (_V1, _V2)
 
 
 class NewerSchema(Exception):

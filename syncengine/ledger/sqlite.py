@@ -244,6 +244,59 @@ class SqliteLedger:
 
         return await self._run(f"cannot finish run {run_id}", finish)
 
+    async def reopen_run(self, run_id: int) -> RunSummary:
+        """Mark a stopped run ``running`` again, to resume it; returns how it stood."""
+
+        def reopen() -> RunSummary:
+            conn = self._connection()
+            with _transaction(conn):
+                row = self._run_row(conn, run_id)
+                before = self._summary(conn, row)
+                conn.execute(
+                    "UPDATE runs SET state = ?, finished_at = NULL WHERE id = ?", (RunState.RUNNING.value, run_id)
+                )
+            return before
+
+        return await self._run(f"cannot reopen run {run_id}", reopen)
+
+    async def resumable_run(self, config_file: str) -> int | None:
+        """The newest run of this config that did not complete (a resume candidate), if any."""
+
+        def load() -> int | None:
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT id, state FROM runs WHERE config_file = ? AND dry_run = 0 ORDER BY id DESC LIMIT 1",
+                    (config_file,),
+                )
+                .fetchone()
+            )
+            return None if row is None or row[1] == RunState.COMPLETED.value else int(row[0])
+
+        return await self._run("cannot look for a run to resume", load)
+
+    async def set_sources(self, run_id: int, fingerprints: Mapping[str, str]) -> None:
+        """Remember what each stream's source was when the run started."""
+
+        def store() -> None:
+            conn = self._connection()
+            with _transaction(conn):
+                conn.executemany(
+                    "INSERT OR REPLACE INTO run_sources (run_id, stream, fingerprint) VALUES (?, ?, ?)",
+                    [(run_id, stream, fp) for stream, fp in fingerprints.items()],
+                )
+
+        await self._run(f"cannot record the sources of run {run_id}", store)
+
+    async def sources(self, run_id: int) -> dict[str, str]:
+        """The source fingerprints recorded when the run started."""
+
+        def load() -> dict[str, str]:
+            rows = self._connection().execute("SELECT stream, fingerprint FROM run_sources WHERE run_id = ?", (run_id,))
+            return {stream: fp for stream, fp in rows}
+
+        return await self._run(f"cannot read the sources of run {run_id}", load)
+
     async def summary(self, run_id: int) -> RunSummary:
         """The run's summary: its snapshot once finished, else counted now from its outcomes."""
 

@@ -248,6 +248,15 @@ class SeqSet:
         """The inclusive (first, last) ranges, ascending."""
         return zip(self._starts, self._ends, strict=True)
 
+    def count_upto(self, seq: int) -> int:
+        """How many members are <= ``seq``."""
+        total = 0
+        for start, end in zip(self._starts, self._ends, strict=True):
+            if start > seq:
+                break
+            total += min(end, seq) - start + 1
+        return total
+
     @property
     def max(self) -> int | None:
         return self._ends[-1] if self._ends else None

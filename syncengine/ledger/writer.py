@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -31,6 +31,7 @@ class LedgerWriter:
         batch_size: int = 500,
         max_delay: float = 0.05,
         on_flush: Callable[[Sequence[Outcome]], None] | None = None,
+        checkpoints: Callable[[Sequence[Outcome]], Mapping[str, int] | None] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -39,6 +40,9 @@ class LedgerWriter:
         self._batch_size = batch_size
         self._max_delay = max_delay
         self._on_flush = on_flush
+        # Called with each batch just before it is committed: the source positions the batch completes,
+        # written in the same transaction so a checkpoint never covers an outcome that was not kept.
+        self._checkpoints = checkpoints
         self.written = 0  # outcomes committed so far
         self.flushes = 0  # transactions committed so far
 
@@ -97,7 +101,8 @@ class LedgerWriter:
     async def _flush(self, batch: list[Outcome]) -> None:
         if not batch:
             return
-        await self._ledger.append(self._run_id, batch)
+        positions = self._checkpoints(batch) if self._checkpoints is not None else None
+        await self._ledger.append(self._run_id, batch, positions or None)
         self.written += len(batch)
         self.flushes += 1
         if self._on_flush is not None:
