@@ -57,7 +57,7 @@ class Batcher:
         self._buffered = 0
         self._inputs = 0
         self._halted: set[str] = set()
-        self.stopped = False
+        self._stopped = False
         self._changed = anyio.Event()
 
     # -- inputs -----------------------------------------------------------------------------------
@@ -72,11 +72,11 @@ class Batcher:
 
     async def put(self, change: Change, *, max_items: int, linger: float) -> bool:
         """Hand over one change; False (and nothing held) when its stream was halted or the run stopped."""
-        while self._buffered >= self._max_buffered and not self.stopped:
+        while self._buffered >= self._max_buffered and not self._stopped:
             if not self._ready:
                 self._seal_all()  # full of partial buckets: send them rather than wait for linger
             await self._wait()
-        if self.stopped or change.stream in self._halted:
+        if self._stopped or change.stream in self._halted:
             return False
         self._buffered += 1
         self._admit(change, max_items, linger)
@@ -88,7 +88,7 @@ class Batcher:
     async def get(self) -> Payload | None:
         """The next payload to send, or None when every input is closed and nothing is left."""
         while True:
-            if self.stopped:
+            if self._stopped:
                 return None
             if self._ready:
                 payload = self._ready.popleft()
@@ -122,45 +122,61 @@ class Batcher:
         for item in payload.items:
             key = item.changes[0].order_key
             self._in_flight.discard(key)
-            queued = self._waiting.pop(key, None)
-            while queued:
-                change, max_items, linger = queued.popleft()
-                self._admit(change, max_items, linger)
+            self._wake(key)
+
+    def _wake(self, key: OrderKey) -> None:
+        """``key`` is free: admit the changes queued behind it, in order."""
+        if key in self._in_flight or key in self._open:
+            return
+        queued = self._waiting.pop(key, None)
+        while queued:
+            change, max_items, linger = queued.popleft()
+            self._admit(change, max_items, linger)
 
     def stop(self) -> None:
         """Stop handing out payloads and taking changes: what is held stays pending, for a resumed run."""
-        self.stopped = True
+        self._stopped = True
         self._notify()
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
     def halt(self, stream: str) -> list[Change]:
-        """Stop a stream: take back every change of it that is held and not in flight."""
+        """Stop a stream: take back every change of it that is held and not in flight.
+
+        Keys it frees may have changes of other streams queued behind them: those go on.
+        """
         self._halted.add(stream)
         dropped: list[Change] = []
+        freed: list[OrderKey] = []
         for endpoint, bucket in list(self._buckets.items()):
             if endpoint[0] == stream:
                 del self._buckets[endpoint]
                 for key, item in bucket.items.items():
                     del self._open[key]
+                    freed.append(key)
                     dropped.extend(item.changes)
-        for key, queued in list(self._waiting.items()):
-            mine = [entry for entry in queued if entry[0].stream == stream]
-            if mine:
-                dropped.extend(entry[0] for entry in mine)
-                rest = deque(entry for entry in queued if entry[0].stream != stream)
-                if rest:
-                    self._waiting[key] = rest
-                else:
-                    del self._waiting[key]
         kept: deque[Payload] = deque()
-        unsent: list[Payload] = []
-        for payload in self._ready:
-            (unsent if payload.items[0].changes[0].stream == stream else kept).append(payload)
+        for payload in self._ready:  # sealed but never sent: their keys were only reserved
+            if payload.items[0].changes[0].stream != stream:
+                kept.append(payload)
+                continue
+            for sealed in payload.items:
+                self._in_flight.discard(sealed.changes[0].order_key)
+                freed.append(sealed.changes[0].order_key)
+                dropped.extend(sealed.changes)
         self._ready = kept
-        for payload in unsent:
-            dropped.extend(payload.changes)
-            self._buffered -= len(payload.changes)
-            self._release(payload)
-        self._buffered -= len(dropped) - sum(len(p.changes) for p in unsent)
+        for key, queued in list(self._waiting.items()):
+            rest = deque(entry for entry in queued if entry[0].stream != stream)
+            dropped.extend(entry[0] for entry in queued if entry[0].stream == stream)
+            if rest:
+                self._waiting[key] = rest
+            else:
+                del self._waiting[key]
+        self._buffered -= len(dropped)
+        for key in freed:
+            self._wake(key)
         self._notify()
         return dropped
 

@@ -184,7 +184,14 @@ def execute(config: Config, secrets: Secrets | None, options: RunOptions) -> int
 @click.option("--errors", is_flag=True, help="Only REJECTED, FAILED and INVALID: the error export.")
 @click.option("--code", "codes", multiple=True, help="Only these CRM or syncengine codes (repeatable).")
 @click.option("--stream", default=None, help="Only this stream.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "jsonl"]),
+    default="table",
+    show_default=True,
+    help="table to read; csv or jsonl to export (the source row's columns follow the outcome's).",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not stdout.")
 def report(
     run_id: int | None,
@@ -210,6 +217,9 @@ def report(
             rid = run_id if run_id is not None else await ledger.latest_run_id()
             if rid is None:
                 raise LedgerError(str(path), "no runs recorded yet")
+            recorded = (await ledger.summary(rid)).streams
+            if stream is not None and stream not in recorded:
+                raise LedgerError(str(path), f"run {rid} has no stream {stream!r}; its streams: {', '.join(recorded)}")
             if output is None:
                 return await write_report(
                     ledger, rid, sys.stdout, fmt=fmt, statuses=wanted or None, codes=codes or None, stream=stream
@@ -225,8 +235,19 @@ def report(
 
 
 @cli.command()
-@click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Config whose ledger to read.",
+)
+@click.option(
+    "--ledger",
+    "ledger_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ledger file to read (default: the config's, or ./syncengine.db).",
+)
 @click.option("-n", "--limit", default=20, show_default=True, help="How many runs to list.")
 def runs(config_file: Path | None, ledger_path: Path | None, limit: int) -> None:
     """The history of runs with their counts."""
@@ -254,6 +275,7 @@ def runs(config_file: Path | None, ledger_path: Path | None, limit: int) -> None
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("configs/demo.toml"),
     show_default=True,
+    help="The demo's config: its sandbox port, ledger and streams.",
 )
 @click.option("--contacts", default=5000, show_default=True, help="Contacts in the sample export.")
 def demo(workdir: Path, config_file: Path, contacts: int) -> None:
@@ -275,11 +297,11 @@ def _load(path: Path) -> Config:
 
 
 def _ledger_path(config_file: Path | None, ledger_path: Path | None) -> Path:
-    if ledger_path is not None:
-        return ledger_path
-    if config_file is not None:
-        return _load(config_file).ledger.path
-    return Path("syncengine.db")
+    """The ledger to read; it must exist (reading never creates one)."""
+    path = ledger_path or (_load(config_file).ledger.path if config_file is not None else Path("syncengine.db"))
+    if not path.is_file():
+        _fail(f"ledger {path}: no such file (pass --ledger FILE or -c CONFIG)")
+    return path
 
 
 def _guard(action: Callable[[], T]) -> T:

@@ -237,7 +237,7 @@ class Config:
             if stream.name == name:
                 return stream
         known = ", ".join(s.name for s in self.streams)
-        raise ConfigError(str(self.file), "streams", f"a stream named {name!r}; the streams are: {known}")
+        raise ConfigError(str(self.file), "streams", f"no stream is named {name!r}; expected one of: {known}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)

@@ -12,7 +12,8 @@
         │                      (``maybe_sent`` says whether the CRM may have applied it)
         ├── AuthError          the accounts server refused to issue a token (e.g. invalid_client, Access Denied)
         ├── StreamHalted       a request-level error that says the config is wrong (INVALID_MODULE, ...)
-        └── CreditsExhausted   429s outlasted the backoff: the org's daily credits look spent
+        ├── CreditsExhausted   429s outlasted the backoff: the org's daily credits look spent
+        └── CrmUnavailable     call after call gave up on 5xx or network trouble: an outage, not bad records
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "ConfigError",
     "CreditsExhausted",
     "CrmError",
+    "CrmUnavailable",
     "LedgerError",
     "SecretsError",
     "SourceError",
@@ -103,3 +105,7 @@ class StreamHalted(CrmError):
 
 class CreditsExhausted(CrmError):
     """429s outlasted the backoff: the org's API credits for the rolling 24 hours look spent."""
+
+
+class CrmUnavailable(CrmError):
+    """Call after call gave up on transient trouble: the CRM is down, so stop rather than fail every record."""

@@ -14,7 +14,7 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
     """Configure structlog once, at the CLI. ``json=None``: JSON unless stderr is a terminal."""
     use_json = not sys.stderr.isatty() if json is None else json
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=True)
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
         processors=[

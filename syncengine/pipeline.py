@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ from syncengine.config import Config, Secrets, StreamConfig
 from syncengine.crm.auth import TokenProvider
 from syncengine.crm.requests import max_items
 from syncengine.crm.transport import Transport
-from syncengine.errors import AuthError, SecretsError, SourceError, StreamHalted, SyncError
+from syncengine.errors import AuthError, SecretsError, SourceError, StreamHalted, SyncError, TransportError
 from syncengine.ledger import LedgerWriter, RunSummary, SeqSet, SqliteLedger
 from syncengine.limits import CreditMeter, Limits
 from syncengine.mapping import to_change
@@ -169,18 +169,28 @@ async def run_sync(
         def on_stop(reason: Exception) -> None:
             nonlocal stopped, fatal
             if stopped is None:
-                stopped, fatal = str(reason), isinstance(reason, AuthError | SecretsError)
+                stopped = str(reason)
+                fatal = isinstance(reason, AuthError | SecretsError) or (
+                    isinstance(reason, TransportError) and not reason.retryable
+                )
                 log.error("syncengine.run_stopping", reason=stopped, cause=type(reason).__name__)
             batcher.stop()
 
+        halted_streams: set[str] = set()
+
         async def on_halt(error: StreamHalted) -> None:
-            if error.stream in {h.split(":", 1)[0] for h in halted}:
+            if error.stream in halted_streams:
                 return
+            halted_streams.add(error.stream)
             halted.append(f"{error.stream}: {error.code}: {error.message}")
             log.error("syncengine.stream_halted", stream=error.stream, code=error.code, message=error.message)
             note = f"stream {error.stream!r} halted"
             for change in batcher.halt(error.stream):
                 await send.send(failed_outcome(change, code=error.code, message=error.message, note=note))
+
+        def on_source_error(name: str, error: SourceError) -> None:
+            halted.append(f"{name}: SOURCE_ERROR: {error}")
+            log.error("syncengine.source_failed", stream=name, reason=str(error))
 
         async def on_request(stages: anyio.CancelScope) -> None:
             await control.stop_requested.wait()
@@ -199,7 +209,9 @@ async def run_sync(
                         for stream in plan.streams:
                             batcher.open_input()
                             rows = _rows(stream, ledger, options, plan)
-                            work.start_soon(_read, stream, rows, batcher, send.clone(), progress, plan, checkpoints)
+                            work.start_soon(
+                                _read, stream, rows, batcher, send.clone(), progress, plan, checkpoints, on_source_error
+                            )
                         for _ in range(crm.concurrency):
                             worker = Worker(
                                 sender=sender,
@@ -263,6 +275,8 @@ async def _plan(config: Config, ledger: SqliteLedger, options: RunOptions, dry_r
         else:
             names = list(options.streams) or [s.name for s in config.streams]
         streams = [config.stream(n) for n in names]
+        if options.redrive is None:
+            _check_sources(streams)
         run_id = await ledger.start_run(
             config_file=str(config.file),
             streams=names,
@@ -277,6 +291,7 @@ async def _plan(config: Config, ledger: SqliteLedger, options: RunOptions, dry_r
     if before.retry_of is not None:
         raise SourceError(f"run {run_id}", "a re-drive cannot be resumed; re-drive its parent again instead")
     streams = [config.stream(n) for n in before.streams]
+    _check_sources(streams)
     recorded = await ledger.sources(run_id)
     for stream in streams:
         now = fingerprint(stream.source)
@@ -295,6 +310,14 @@ async def _plan(config: Config, ledger: SqliteLedger, options: RunOptions, dry_r
     return _Plan(run_id=run_id, streams=streams, skip=skip, start_after=start_after)
 
 
+def _check_sources(streams: Sequence[StreamConfig]) -> None:
+    """Fail before the run starts, not halfway, when a source file is not there."""
+    for stream in streams:
+        path = Path(stream.source.path)
+        if not path.is_file():
+            raise SourceError(str(path), f"stream {stream.name!r}: no such file")
+
+
 def _rows(stream: StreamConfig, ledger: SqliteLedger, options: RunOptions, plan: _Plan) -> AsyncIterator[Row]:
     if options.redrive is not None:
         redrive = options.redrive
@@ -311,8 +334,13 @@ async def _read(
     progress: RunProgress,
     plan: _Plan,
     checkpoints: Checkpoints,
+    on_source_error: Callable[[str, SourceError], None],
 ) -> None:
-    """Stream one source into the batcher; bad rows go straight to the ledger as INVALID outcomes."""
+    """Stream one source into the batcher; bad rows go straight to the ledger as INVALID outcomes.
+
+    A source that cannot be read on (a file removed mid-run, a header that turns out bad) ends this
+    stream only: what was read keeps its outcomes, the other streams go on.
+    """
     per_call = max_items(stream.target, stream.batch_size)
     skip = plan.skip.get(stream.name)
     if skip is not None:
@@ -333,6 +361,8 @@ async def _read(
                     note = "not sent: the stream was halted by an earlier error"
                     await send.send(failed_outcome(result, code="STREAM_HALTED", message=note))
                     return
+    except SourceError as exc:
+        on_source_error(stream.name, exc)
     finally:
         batcher.close_input()
         aclose = getattr(rows, "aclose", None)

@@ -40,9 +40,15 @@ async def run_with_progress(
             f"`syncengine resume {result.summary.run_id} -c {config.file}` "
             f"(or `syncengine run {config.file} --resume`)."
         )
+    where = (
+        "dry run: nothing recorded"
+        if result.summary.dry_run
+        else f"ledger {config.ledger.path} (run {result.summary.run_id})"
+    )
     console.print(
         f"calls {result.calls:,} · 429s {result.throttled:,} · token refreshes {result.refreshes} · "
-        f"max in flight {result.max_in_flight} · ledger {config.ledger.path} (run {result.summary.run_id})"
+        f"max in flight {result.max_in_flight} · {where}",
+        highlight=False,
     )
     return result
 

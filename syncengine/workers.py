@@ -23,7 +23,14 @@ from syncengine.crm.auth import TokenProvider
 from syncengine.crm.requests import Call, build_call, is_complex, write_credits
 from syncengine.crm.responses import Action, Records, Refused, interpret, relation_not_found
 from syncengine.crm.transport import HttpResponse
-from syncengine.errors import AuthError, CreditsExhausted, SecretsError, StreamHalted, TransportError
+from syncengine.errors import (
+    AuthError,
+    CreditsExhausted,
+    CrmUnavailable,
+    SecretsError,
+    StreamHalted,
+    TransportError,
+)
 from syncengine.limits import CreditMeter, Limits
 from syncengine.model import JSON, Change, Operation, Outcome, Payload, PayloadItem, Status
 
@@ -44,6 +51,7 @@ class RetryPolicy:
     throttle_attempts: int = 12  # tries through 429s before the daily credits are deemed spent
     record_attempts: int = 5  # tries of one record through RECORD_LOCKED and other per-record trouble
     auth_attempts: int = 3  # token refreshes for one call before giving up
+    outage_give_ups: int = 30  # calls in a row that gave up before the run stops as "CRM unavailable"
     wait_initial: float = 0.25  # seconds
     wait_max: float = 30.0
 
@@ -105,8 +113,15 @@ class Sender:
         self._credits = credits
         self._policy = policy
         self.stats = stats
+        self._give_ups = 0  # calls in a row that gave up on transient trouble
 
     async def send(self, payload: Payload, call: Call, stream: str) -> Sent | GaveUp:
+        """Send until the CRM gives a verdict, or transient trouble outlasts the policy.
+
+        Raises what stops more than this call: StreamHalted (the stream's config is wrong),
+        CreditsExhausted, BudgetReached, CrmUnavailable (call after call gave up), AuthError, and a
+        TransportError that no retry can fix (a rejected certificate, a bad URL).
+        """
         target = payload.target
         count = len(payload.items)
         cost = write_credits(target, count)
@@ -131,24 +146,20 @@ class Sender:
                 except TransportError as exc:
                     failure = exc
             if failure is not None:
+                if not failure.retryable:
+                    raise failure
                 ambiguous |= failure.maybe_sent
                 transient += 1
                 self.stats.transport_errors += 1
-                if not failure.retryable or transient >= self._policy.attempts:
-                    return GaveUp(
-                        code="TRANSPORT_ERROR",
-                        message=failure.reason,
-                        http_status=None,
-                        calls=calls,
-                        ambiguous=ambiguous,
-                    )
+                if transient >= self._policy.attempts:
+                    return self._gave_up("TRANSPORT_ERROR", failure.reason, None, calls, ambiguous)
                 await self._pause(transient)
                 continue
             if response.credits_remaining is not None:
                 self.stats.credits_remaining = response.credits_remaining
             verdict = interpret(response, count, related=target.is_related)
             if isinstance(verdict, Records):
-                self._limits.general.succeeded()
+                self._succeeded()
                 return Sent(verdict=verdict, calls=calls, ambiguous=ambiguous)
             action = verdict.action
             if action is Action.THROTTLE:
@@ -164,26 +175,38 @@ class Sender:
                 await self._pause(throttles)
                 continue
             if action is Action.RETRY:
+                ambiguous = True  # a 5xx (a gateway timeout above all) may come after the CRM applied the call
                 transient += 1
                 if transient >= self._policy.attempts:
-                    return GaveUp(
-                        code=verdict.code,
-                        message=verdict.message,
-                        http_status=verdict.http_status,
-                        calls=calls,
-                        ambiguous=ambiguous,
-                    )
+                    return self._gave_up(verdict.code, verdict.message, verdict.http_status, calls, ambiguous)
                 await self._pause(transient)
                 continue
-            if action is Action.REFRESH and self._tokens is not None and refreshes < self._policy.auth_attempts:
+            if action is Action.REFRESH:
+                if self._tokens is None or refreshes >= self._policy.auth_attempts:
+                    # The token is shared by every stream: no stream can go on.
+                    raise AuthError(verdict.code, f"{verdict.message} (after {refreshes} token refreshes)")
                 refreshes += 1
                 self._credits.refund(cost)
                 await self._tokens.rejected(token)
                 continue
-            if action in (Action.HALT, Action.REFRESH):
+            if action is Action.HALT:
                 raise StreamHalted(stream, verdict.code, verdict.message)
-            self._limits.general.succeeded()
+            self._succeeded()
             return Sent(verdict=verdict, calls=calls, ambiguous=ambiguous)
+
+    def _succeeded(self) -> None:
+        self._limits.general.succeeded()
+        self._give_ups = 0
+
+    def _gave_up(self, code: str, message: str, status: int | None, calls: int, ambiguous: bool) -> GaveUp:
+        self._give_ups += 1
+        if self._give_ups >= self._policy.outage_give_ups:
+            # Every call lately has given up: the CRM is down. Stop with the rest pending rather
+            # than read the whole source only to mark every record FAILED.
+            raise CrmUnavailable(
+                f"{self._give_ups} calls in a row gave up ({code}: {message}): the CRM looks unavailable"
+            )
+        return GaveUp(code=code, message=message, http_status=status, calls=calls, ambiguous=ambiguous)
 
     async def _pause(self, attempt: int) -> None:
         self.stats.retries += 1
@@ -272,7 +295,7 @@ class Worker:
                 note=f"stream {halted.stream!r} halted",
             )
             await self._on_halt(halted)
-        except (BudgetReached, CreditsExhausted, AuthError, SecretsError) as stop:
+        except (BudgetReached, CreditsExhausted, CrmUnavailable, AuthError, SecretsError, TransportError) as stop:
             # The records without an outcome stay pending: a resumed run sends them.
             self._on_stop(stop)
 
@@ -300,7 +323,7 @@ class Worker:
                 return
             verdict = result.verdict
             if isinstance(verdict, Refused):
-                if verdict.action is Action.REJECT and verdict.http_status == 400 and len(pending) > 1:
+                if len(pending) > 1 and _bisectable(payload, verdict):
                     # One bad record can make Zoho refuse the whole body: split to isolate it.
                     half = len(pending) // 2
                     await self._send(payload, pending[:half], started, book)
@@ -346,7 +369,8 @@ class Worker:
             if not retry:
                 return
             pending = retry
-            await anyio.sleep(self._policy.backoff(round_))
+            if round_ + 1 < self._policy.record_attempts:
+                await anyio.sleep(self._policy.backoff(round_))
         await self._emit(
             pending, book, started, status=Status.FAILED, code=last_code, message=last_message, http_status=last_status
         )
@@ -397,6 +421,16 @@ class Worker:
             "body": orjson.loads(call.body) if call.body else None,
         }
         self._dry_run_out.write(orjson.dumps(line) + b"\n")
+
+
+def _bisectable(payload: Payload, verdict: Refused) -> bool:
+    """A whole-call 400 that one record may have caused. Not for related calls (the records share a parent,
+    the likelier culprit) nor when Zoho points at the URL (``resource_path_index``) or at ``data`` itself.
+    """
+    if verdict.action is not Action.REJECT or verdict.http_status != 400 or payload.target.is_related:
+        return False
+    details = verdict.details
+    return "resource_path_index" not in details and details.get("api_name") != "data"
 
 
 async def send_all(stream: MemoryObjectSendStream[Outcome], outcomes: Sequence[Outcome]) -> None:

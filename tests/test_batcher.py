@@ -166,3 +166,21 @@ async def test_concurrent_workers_never_share_a_key_and_keep_order(seed: int) ->
     assert not violations
     assert sum(len(v) for v in applied.values()) == 3000
     assert all(seqs == sorted(seqs) for seqs in applied.values())
+
+
+async def test_halt_wakes_other_streams_changes_queued_behind_its_keys() -> None:
+    """A change of another stream waiting on a key the halted stream held goes on (no hang)."""
+    batcher = Batcher()
+    batcher.open_input()
+    link = Change(stream="links", seq=1, target=LINK, key="d1", parent="c1", fields={"Contact_Role": "x"})
+    unlink = Change(stream="unlinks", seq=1, target=UNLINK, key="d1", parent="c1")
+    await batcher.put(link, max_items=100, linger=60)
+    await batcher.put(unlink, max_items=100, linger=60)  # waits behind the open link bucket
+    dropped = batcher.halt("links")
+    assert [c.stream for c in dropped] == ["links"]
+    batcher.close_input()
+    with anyio.fail_after(5):
+        payload = await batcher.get()
+    assert payload is not None and payload.changes == (unlink,)
+    batcher.done(payload)
+    assert await batcher.get() is None and batcher.buffered == 0

@@ -142,10 +142,6 @@ def test_version(tmp_path: Path) -> None:
     assert ran.code == 0 and "0.1.0" in ran.out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: runs --config/--ledger, report --format and demo --config have no help text (cli.py)",
-)
 def test_every_option_has_help_text() -> None:
     """Every option of every command says what it does in --help."""
     commands: dict[str, click.Command] = {**cli.commands, "sandbox": sandbox_command}
@@ -444,10 +440,6 @@ async def test_dry_run_sends_nothing_and_writes_the_requests(
     assert b"oauthtoken" not in out.read_bytes().lower()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a dry run's summary names the config's ledger and a run id, but wrote to a throwaway ledger",
-)
 def test_dry_run_summary_does_not_point_at_the_real_ledger(tmp_path: Path) -> None:
     """A dry run's last line does not send the user to `ledger <config's ledger> (run N)`, where nothing is."""
     _dry_config(tmp_path)
@@ -683,7 +675,6 @@ def test_report_without_a_run_exits_2(tmp_path: Path, setup: Any, args: Sequence
     assert ran.err.startswith("syncengine: ledger ") and message in ran.err and "Traceback" not in ran.err
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: report/runs open a missing ledger read-write, creating an empty file")
 def test_report_on_a_missing_ledger_creates_nothing(tmp_path: Path) -> None:
     """Reading a report from a mistyped ledger path leaves no empty database behind."""
     ran = syncengine("report", "--ledger", "typo.db", cwd=tmp_path)
@@ -691,7 +682,6 @@ def test_report_on_a_missing_ledger_creates_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "typo.db").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a run stopped by a missing source file is recorded as 'interrupted'")
 def test_missing_source_file_is_not_recorded_as_interrupted(tmp_path: Path) -> None:
     """A source file that does not exist exits 2; the ledger does not call that run an interruption."""
     write_config(tmp_path / "sync.toml", NOWHERE, [contacts_stream(tmp_path / "gone.csv")])

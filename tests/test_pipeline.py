@@ -448,3 +448,43 @@ async def test_credit_budget_is_never_exceeded(tmp_path: Path, sandbox: Sandbox)
     result = await run(config)
     assert sandbox.stats.snapshot()["credits_used"] <= 25
     assert result.summary.state == "paused" and result.summary.succeeded == 200 and result.summary.adds_up
+
+
+async def test_unknown_external_parent_is_one_call_not_a_bisection(tmp_path: Path, sandbox: Sandbox) -> None:
+    """A related call refused for its parent is not split record by record: one call, every record rejected."""
+    seed_contacts(sandbox, 50)
+    src = write_csv(tmp_path / "l.csv", ["deal", "contact"], [["NO-SUCH-DEAL", f"C{i}"] for i in range(50)])
+    config = write_config(
+        tmp_path / "sync.toml",
+        sandbox.url,
+        [
+            {
+                "name": "link",
+                "operation": "update_related",
+                "module": "Deals",
+                "related_list": "Contacts",
+                "parent": {"column": "deal", "field": "External_Deal_ID"},
+                "match": {"column": "contact", "field": "External_Contact_ID"},
+                "source": {"kind": "csv", "path": str(src)},
+            }
+        ],
+    )
+    result = await run(config)
+    assert result.calls == 1 and result.summary.rejected == 50 and result.summary.adds_up
+
+
+async def test_an_outage_stops_the_run_instead_of_failing_every_record(tmp_path: Path) -> None:
+    """Call after call giving up means the CRM is down: the run pauses with the rest pending and resumable."""
+    from syncengine.workers import RetryPolicy
+
+    async with Sandbox(SandboxOptions(error_rate=1.0)) as sb:
+        seed_contacts(sb, 2000)
+        src = write_csv(
+            tmp_path / "c.csv", ["erp_id", "last_name", "title"], [[f"C{i}", "N", "T"] for i in range(2000)]
+        )
+        config = write_config(tmp_path / "sync.toml", sb.url, [contacts_stream(src, batch_size=10)], concurrency=2)
+        policy = RetryPolicy(attempts=2, wait_initial=0.001, wait_max=0.002, outage_give_ups=4)
+        result = await run(config, policy=policy)
+        s = result.summary
+        assert s.state == "paused" and result.stopped and "unavailable" in result.stopped and not result.fatal
+        assert s.adds_up and s.failed <= 10 * 5 and s.pending >= 2000 - 10 * 5

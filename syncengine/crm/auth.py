@@ -8,6 +8,7 @@ been replaced simply uses the new one.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -17,7 +18,7 @@ import orjson
 import structlog
 
 from syncengine.crm.transport import HttpResponse
-from syncengine.errors import AuthError, SecretsError
+from syncengine.errors import AuthError, SecretsError, TransportError
 
 __all__ = ["Credentials", "TokenProvider"]
 
@@ -53,12 +54,15 @@ class TokenProvider:
         credentials: Credentials,
         *,
         refresh_margin: float = 300.0,
+        attempts: int = 5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._transport = transport
         self._token_url = token_url
         self._credentials = credentials
         self._margin = refresh_margin
+        self._effective_margin = refresh_margin
+        self._attempts = attempts
         self._clock = clock
         self._lock = anyio.Lock()
         self._token: str | None = credentials.access_token
@@ -77,7 +81,7 @@ class TokenProvider:
     async def token(self) -> str:
         """The token to send now; refreshes first when it is missing or about to expire."""
         token = self._token
-        if token is not None and self._clock() < self._expires_at - self._margin:
+        if token is not None and self._clock() < self._expires_at - self._effective_margin:
             return token
         return await self._refresh(seen=token, proactive=True)
 
@@ -90,7 +94,7 @@ class TokenProvider:
             current = self._token
             if current is not None and current != seen:
                 return current  # another worker refreshed while we waited
-            if proactive and current is not None and self._clock() < self._expires_at - self._margin:
+            if proactive and current is not None and self._clock() < self._expires_at - self._effective_margin:
                 return current
             if not self.can_refresh:
                 if proactive and current is not None:
@@ -102,6 +106,11 @@ class TokenProvider:
             return await self._fetch()
 
     async def _fetch(self) -> str:
+        """Ask the accounts server for a token, riding out its momentary trouble (5xx, drops, HTML pages).
+
+        Only an answer that says no (``{"error": ...}``, Zoho's way even with HTTP 200) is an AuthError;
+        trouble that outlasts the retries is a TransportError, which pauses the run rather than failing it.
+        """
         c = self._credentials
         form = {
             "grant_type": "refresh_token",
@@ -109,23 +118,40 @@ class TokenProvider:
             "client_secret": c.client_secret or "",
             "refresh_token": c.refresh_token or "",
         }
-        started = self._clock()
-        response = await self._transport.request("POST", self._token_url, headers={}, form=form)
-        try:
-            body = orjson.loads(response.body)
-        except orjson.JSONDecodeError:
-            raise AuthError("BAD_TOKEN_RESPONSE", f"HTTP {response.status}, not JSON") from None
-        if not isinstance(body, dict):
-            raise AuthError("BAD_TOKEN_RESPONSE", f"HTTP {response.status}, not a JSON object")
-        # Zoho's accounts server reports errors with HTTP 200 and an "error" key.
-        if "error" in body or "access_token" not in body:
-            raise AuthError(str(body.get("error", "no access_token")), str(body.get("error_description", "")))
-        token = str(body["access_token"])
-        self._token = token
-        self._expires_at = started + _expires_in_seconds(body)
-        self.refreshes += 1
-        log.info("syncengine.token_refreshed", expires_in=round(self._expires_at - started))
-        return token
+        trouble = ""
+        for attempt in range(self._attempts):
+            if attempt:
+                await anyio.sleep(random.uniform(0.0, min(8.0, 0.5 * 2.0**attempt)))
+            started = self._clock()
+            try:
+                response = await self._transport.request("POST", self._token_url, headers={}, form=form)
+            except TransportError as exc:
+                if not exc.retryable:
+                    raise
+                trouble = exc.reason
+                continue
+            try:
+                body = orjson.loads(response.body)
+            except orjson.JSONDecodeError:
+                body = None
+            if not isinstance(body, dict):
+                trouble = f"HTTP {response.status}, not a JSON object"
+                continue
+            # Zoho's accounts server reports errors with HTTP 200 and an "error" key.
+            if "error" in body or "access_token" not in body:
+                raise AuthError(str(body.get("error", "no access_token")), str(body.get("error_description", "")))
+            token = str(body["access_token"])
+            lifetime = _expires_in_seconds(body)
+            self._token = token
+            self._expires_at = started + lifetime
+            # A short-lived token must not look expired the moment it arrives.
+            self._effective_margin = min(self._margin, lifetime / 4)
+            self.refreshes += 1
+            log.info("syncengine.token_refreshed", expires_in=round(lifetime))
+            return token
+        raise TransportError(
+            self._token_url, f"token refresh failed {self._attempts} times: {trouble}", maybe_sent=False
+        )
 
 
 def _expires_in_seconds(body: dict[str, object]) -> float:

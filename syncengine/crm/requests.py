@@ -46,8 +46,12 @@ def is_complex(target: Target, records: int) -> bool:
 
 
 def write_credits(target: Target, records: int) -> int:
-    """Credits a call costs: writes cost 1 per 10 records (at least 1), other calls 1."""
-    if target.operation in (Operation.UPDATE, Operation.UPSERT):
+    """Credits a call costs: writes cost 1 per 10 records (at least 1), other calls 1.
+
+    What related-record updates cost is not documented: they are charged as writes, so a budget is never
+    exceeded whatever Zoho charges.
+    """
+    if target.operation in (Operation.UPDATE, Operation.UPSERT, Operation.UPDATE_RELATED):
         return max(1, -(-records // 10))
     return 1
 

@@ -15,6 +15,7 @@ from syncengine.model import JSON
 __all__ = ["Action", "RecordResult", "Records", "Refused", "Verdict", "interpret", "relation_not_found"]
 
 # Request-level codes that say the stream's config is wrong: no retry and no other payload can succeed.
+# (AUTHORIZATION_FAILED is not one: Zoho uses it for one record the user may not touch.)
 HALT_CODES = frozenset(
     {
         "INVALID_MODULE",
@@ -23,7 +24,6 @@ HALT_CODES = frozenset(
         "NO_PERMISSION",
         "NOT_SUPPORTED",
         "INVALID_REQUEST_METHOD",
-        "AUTHORIZATION_FAILED",
         "INVALID_HOST",
         "FEATURE_NOT_SUPPORTED",
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -27,7 +27,7 @@ class HttpResponse:
     """A complete HTTP response, body read."""
 
     status: int
-    body: bytes
+    body: bytes = field(repr=False)  # a token endpoint's body holds an access token
     credits_remaining: int | None = None  # X-API-CREDITS-REMAINING, when Zoho sends it
 
 
@@ -91,14 +91,13 @@ class Transport:
         connector = aiohttp.TCPConnector(
             limit=self._max_connections, ssl=_ssl_context(self._ca_file), enable_cleanup_closed=True
         )
-        # Zoho answers JSON; we never want aiohttp to decompress into surprises or follow redirects
-        # that would resend a write, so both are explicit.
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, auto_decompress=True, raise_for_status=False
-        )
+        # Redirects are never followed (see request): a redirected write could be sent twice.
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, raise_for_status=False)
         # aiohttp >= 3.10 silently resends an idempotent request (PUT, DELETE) once when a pooled
         # connection drops. The engine must see every drop: a resend it does not know about turns
         # "relation already removed by the first try" into a wrong REJECTED. No public switch exists.
+        if not hasattr(self._session, "_retry_connection"):
+            raise RuntimeError("this aiohttp has no _retry_connection: check that it does not resend writes")
         self._session._retry_connection = False
         return self
 

@@ -98,3 +98,48 @@ async def test_ready_access_token_without_refresh_credentials() -> None:
         assert await tokens.token() == "ready-token"
         with pytest.raises(SecretsError):
             await tokens.rejected("ready-token")
+
+
+async def test_accounts_server_trouble_is_retried() -> None:
+    """A 502 HTML page and a dropped connection from the accounts server are ridden out, not fatal."""
+    from aiohttp import web
+
+    answers = ["html", "drop", "ok"]
+
+    async def token(request: web.Request) -> web.StreamResponse:
+        answer = answers.pop(0)
+        if answer == "html":
+            return web.Response(status=502, text="<html>Bad Gateway</html>", content_type="text/html")
+        if answer == "drop":
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)
+        return web.json_response({"access_token": "1000.fresh", "expires_in": 3600, "api_domain": "x"})
+
+    app = web.Application()
+    app.router.add_post("/oauth/v2/token", token)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with Transport(timeout=5, max_connections=2) as transport:
+            tokens = TokenProvider(transport, f"http://127.0.0.1:{port}/oauth/v2/token", SECRETS)
+            assert await tokens.token() == "1000.fresh"
+    finally:
+        await runner.cleanup()
+    assert answers == []
+
+
+async def test_short_lived_tokens_are_not_refreshed_on_every_call() -> None:
+    """A token that lives less than the refresh margin is still used for most of its life."""
+    now = [0.0]
+    async with Sandbox(SandboxOptions(token_ttl=60)) as sb, Transport(timeout=5, max_connections=2) as transport:
+        tokens = TokenProvider(transport, f"{sb.url}/oauth/v2/token", SECRETS, clock=lambda: now[0])
+        first = await tokens.token()
+        now[0] = 40.0
+        assert await tokens.token() == first
+        now[0] = 50.0
+        assert await tokens.token() != first
+    assert tokens.refreshes == 2

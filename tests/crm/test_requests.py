@@ -104,3 +104,24 @@ def test_upsert_posts_with_duplicate_check_fields() -> None:
     call = build_call(payload(target, ["a@x.com"], Last_Name="A"), BASE)
     assert (call.method, call.url) == ("POST", f"{BASE}/Leads/upsert")
     assert orjson.loads(call.body or b"")["duplicate_check_fields"] == ["Email"]
+
+
+@pytest.mark.parametrize(
+    ("operation", "records", "credits"),
+    [
+        (Operation.UPDATE, 100, 10),
+        (Operation.UPDATE, 7, 1),
+        (Operation.UPSERT, 31, 4),
+        (Operation.UPDATE_RELATED, 100, 10),
+        (Operation.DELETE_RELATED, 100, 1),
+    ],
+    ids=["update-100", "update-7", "upsert-31", "related-100", "delink-100"],
+)
+def test_credits_charged_per_call(operation: Operation, records: int, credits: int) -> None:
+    """Writes cost 1 credit per 10 records; related updates are charged as writes (their cost is undocumented)."""
+    from syncengine.crm.requests import write_credits
+
+    target = Target(
+        operation=operation, module="Deals", related_list="Contacts" if operation.value.endswith("related") else None
+    )
+    assert write_credits(target, records) == credits

@@ -82,6 +82,7 @@ def test_wrong_count_without_json_path_is_unexpected() -> None:
         (500, "INTERNAL_ERROR", Action.RETRY),
         (503, "HTTP_503", Action.RETRY),
         (400, "INVALID_DATA", Action.REJECT),
+        (400, "AUTHORIZATION_FAILED", Action.REJECT),
         (404, "INVALID_DATA", Action.REJECT),
     ],
     ids=lambda v: str(v.value if isinstance(v, Action) else v),
@@ -97,3 +98,8 @@ def test_html_error_page_is_handled() -> None:
     """A proxy's HTML 502 is transient, and its text becomes the message."""
     verdict = interpret(HttpResponse(status=502, body=b"<html>Bad Gateway</html>"), 1)
     assert isinstance(verdict, Refused) and verdict.action is Action.RETRY and "Bad Gateway" in verdict.message
+
+
+def test_response_repr_never_shows_the_body() -> None:
+    """A token endpoint's body holds an access token: it must not reach a repr or a log line."""
+    assert "1000.secret" not in repr(HttpResponse(status=200, body=b'{"access_token": "1000.secret"}'))

@@ -1,0 +1,113 @@
+"""Profiles of an engine run: py-spy when it is installed (every thread: the CSV parser and the SQLite
+writer run in worker threads), else pyinstrument (the event-loop thread only).
+
+Both are summed the same way: *self* time per function (where the CPU was when sampled) and *total* time
+per syncengine function (self plus what it called), as shares of all samples of the run.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["Profile", "profiler_prefix", "read_profile"]
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+_IDLE = ("<idle>",)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Profile:
+    tool: str
+    samples: int
+    self_top: list[tuple[str, float]]  # (function, share of samples), highest first
+    engine_total_top: list[tuple[str, float]]  # syncengine functions by inclusive share
+    threads: dict[str, float]  # share of samples per thread
+
+
+def _py_spy() -> str | None:
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def profiler_prefix(output: Path) -> tuple[str, list[str]]:
+    """The command prefix that profiles a child process, and the tool's name."""
+    spy = _py_spy()
+    if spy is not None:
+        return "py-spy", [spy, "record", "--format", "raw", "--threads", "-r", "200", "-o", str(output), "--"]
+    return "pyinstrument", [sys.executable, "-m", "pyinstrument", "-r", "json", "-o", str(output)]
+
+
+def _name(frame: str) -> str:
+    m = _FRAME.match(frame.strip())
+    if m is None:
+        return frame.strip()
+    file = m.group("file")
+    # Shorten site-packages paths to the package-relative form py-spy already uses for the project.
+    file = re.sub(r"^.*?(site-packages|lib/python3\.\d+)/", "", file)
+    return f"{m.group('func')} ({file})"
+
+
+def _summarise(tool: str, stacks: Iterable[tuple[str, list[str], float]]) -> Profile:
+    self_time: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    samples = 0.0
+    for thread, frames, weight in stacks:
+        if not frames:
+            continue
+        samples += weight
+        threads[thread] += weight
+        self_time[frames[-1]] += weight
+        for name in set(frames):
+            if "(syncengine/" in name:
+                total[name] += weight
+    share = (lambda c: [(k, round(v / samples, 4)) for k, v in c.most_common(12)]) if samples else (lambda c: [])
+    return Profile(
+        tool=tool,
+        samples=int(samples),
+        self_top=share(self_time),
+        engine_total_top=share(total),
+        threads={k: round(v / samples, 4) for k, v in threads.most_common()} if samples else {},
+    )
+
+
+def _py_spy_stacks(text: str) -> Iterable[tuple[str, list[str], float]]:
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        parts = stack.split(";")
+        thread = parts[0].split(":", 1)[-1].strip() if parts[0].startswith("thread (") else "?"
+        thread = re.sub(r"_\d+$|-\d+.*$", "", thread) or "?"  # worker threads pooled under one name
+        frames = [_name(p) for p in parts[1:] if p.strip()]
+        yield thread, frames, float(count)
+
+
+def _pyinstrument_stacks(doc: dict[str, Any]) -> Iterable[tuple[str, list[str], float]]:
+    def walk(frame: dict[str, Any], path: list[str]) -> Iterable[tuple[str, list[str], float]]:
+        name = f"{frame.get('function')} ({frame.get('file_path_short', '')})"
+        here = [*path, name]
+        children = frame.get("children") or []
+        own = float(frame.get("time", 0.0)) - sum(float(c.get("time", 0.0)) for c in children)
+        if own > 0:
+            yield "MainThread", here, own
+        for child in children:
+            yield from walk(child, here)
+
+    root = doc.get("root_frame")
+    return walk(root, []) if isinstance(root, dict) else []
+
+
+def read_profile(tool: str, output: Path) -> Profile:
+    if tool == "py-spy":
+        return _summarise(tool, _py_spy_stacks(output.read_text(encoding="utf-8", errors="replace")))
+    return _summarise(tool, _pyinstrument_stacks(orjson.loads(output.read_bytes())))
