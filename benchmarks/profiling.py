@@ -21,7 +21,24 @@ import orjson
 __all__ = ["Profile", "profiler_prefix", "read_profile"]
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
-_IDLE = ("<idle>",)
+# Leaf frames where a thread waits rather than works (py-spy's idle filter misses some of these).
+_WAITS = ("Condition.wait (threading.py)", "EpollSelector.select (selectors.py)", "Event.wait (threading.py)")
+# The stage a sample belongs to: its innermost syncengine frame's file.
+_STAGES = (
+    ("syncengine/readers/", "read source (CSV parse)"),
+    ("syncengine/mapping.py", "map row -> change"),
+    ("syncengine/batcher.py", "batcher"),
+    ("syncengine/crm/requests.py", "build request body"),
+    ("syncengine/crm/transport.py", "HTTP (aiohttp client)"),
+    ("syncengine/crm/auth.py", "HTTP (aiohttp client)"),
+    ("syncengine/crm/responses.py", "parse response"),
+    ("syncengine/limits.py", "limits"),
+    ("syncengine/workers.py", "workers: outcomes"),
+    ("syncengine/ledger/", "ledger (SQLite)"),
+    ("syncengine/progress.py", "progress"),
+    ("syncengine/positions.py", "checkpoints"),
+    ("syncengine/pipeline.py", "pipeline"),
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,6 +48,8 @@ class Profile:
     self_top: list[tuple[str, float]]  # (function, share of samples), highest first
     engine_total_top: list[tuple[str, float]]  # syncengine functions by inclusive share
     threads: dict[str, float]  # share of samples per thread
+    stages: list[tuple[str, float]]  # share of samples per pipeline stage
+    waiting: float  # share of samples dropped as waiting (not counted in the shares above)
 
 
 def _py_spy() -> str | None:
@@ -56,19 +75,36 @@ def _name(frame: str) -> str:
     return f"{m.group('func')} ({file})"
 
 
+def _stage(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for prefix, stage in _STAGES:
+            if f"({prefix}" in frame:
+                return stage
+        if "(syncengine/" in frame:
+            return "startup and CLI"
+    if any("importlib" in f or "<module>" in f for f in frames):
+        return "startup and CLI"
+    return "event loop, sockets, threads (no engine frame)"
+
+
 def _summarise(tool: str, stacks: Iterable[tuple[str, list[str], float]]) -> Profile:
     self_time: Counter[str] = Counter()
     total: Counter[str] = Counter()
     threads: Counter[str] = Counter()
-    samples = 0.0
+    stages: Counter[str] = Counter()
+    samples = waiting = 0.0
     for thread, frames, weight in stacks:
         if not frames:
+            continue
+        if frames[-1] in _WAITS:
+            waiting += weight
             continue
         samples += weight
         threads[thread] += weight
         self_time[frames[-1]] += weight
+        stages[_stage(frames)] += weight
         for name in set(frames):
-            if "(syncengine/" in name:
+            if "(syncengine/" in name and "(syncengine/cli.py)" not in name and "(syncengine/__main__" not in name:
                 total[name] += weight
     share = (lambda c: [(k, round(v / samples, 4)) for k, v in c.most_common(12)]) if samples else (lambda c: [])
     return Profile(
@@ -77,19 +113,28 @@ def _summarise(tool: str, stacks: Iterable[tuple[str, list[str], float]]) -> Pro
         self_top=share(self_time),
         engine_total_top=share(total),
         threads={k: round(v / samples, 4) for k, v in threads.most_common()} if samples else {},
+        stages=share(stages),
+        waiting=round(waiting / (samples + waiting), 4) if samples + waiting else 0.0,
     )
 
 
 def _py_spy_stacks(text: str) -> Iterable[tuple[str, list[str], float]]:
+    parsed = []
+    names: dict[str, str] = {}  # thread id -> name, where py-spy knew it
     for line in text.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         parts = stack.split(";")
-        thread = parts[0].split(":", 1)[-1].strip() if parts[0].startswith("thread (") else "?"
-        thread = re.sub(r"_\d+$|-\d+.*$", "", thread) or "?"  # worker threads pooled under one name
-        frames = [_name(p) for p in parts[1:] if p.strip()]
-        yield thread, frames, float(count)
+        ident, name = "?", ""
+        if parts[0].startswith("thread ("):
+            ident, _, name = parts[0].partition(":")
+            parts = parts[1:]
+        if name.strip():
+            names[ident] = re.sub(r"[ _-]\d+$", "", name.strip())  # pooled worker threads under one name
+        parsed.append((ident, [_name(p) for p in parts if p.strip()], float(count)))
+    for ident, frames, weight in parsed:
+        yield names.get(ident, ident), frames, weight
 
 
 def _pyinstrument_stacks(doc: dict[str, Any]) -> Iterable[tuple[str, list[str], float]]:

@@ -36,6 +36,9 @@ A complete example::
     match = { column = "erp_id", field = "External_Contact_ID" }   # or { column = "crm_id" }: by record id
     linger_ms = 200                 # flush a partial batch after this long (default 200)
     batch_size = 100                # 1..100 (default 100)
+    max_deletes = 500               # optional guardrail: a run that asks for more deletes stops the stream
+    # update_related only: rows whose column says so become delinks of the same relation
+    delete_when = { column = "deleted", values = ["true", "1", "yes"] }
 
     [streams.fields]                # CRM field API name = mapping
     Last_Name = "last_name"                             # a column, sent as a string
@@ -69,7 +72,7 @@ import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Final
@@ -79,6 +82,7 @@ from syncengine.errors import ConfigError, SecretsError
 from syncengine.model import JSON, Operation, Target
 
 __all__ = [
+    "DeleteWhen",
     "DATA_CENTRES",
     "FIELD_TYPES",
     "SECRET_ENV",
@@ -133,8 +137,9 @@ _CRM_KEYS: Final = (
 _LEDGER_KEYS: Final = ("path",)
 _STREAM_KEYS: Final = (
     "name", "operation", "module", "source", "match", "fields", "related_list", "related_module",
-    "parent", "duplicate_check_fields", "linger_ms", "batch_size",
+    "parent", "duplicate_check_fields", "linger_ms", "batch_size", "max_deletes", "delete_when",
 )  # fmt: skip
+_DELETE_WHEN_KEYS: Final = ("column", "values")
 _CSV_KEYS: Final = ("kind", "path", "encoding", "delimiter", "quotechar", "empty")
 _JSONL_KEYS: Final = ("kind", "path", "encoding")
 _KEY_KEYS: Final = ("column", "field")
@@ -221,6 +226,17 @@ class StreamConfig:
     fields: tuple[FieldMapping, ...]
     batch_size: int
     linger: float  # seconds
+    max_deletes: int | None = None  # more deletes than this in one run stop the stream
+    delete_when: DeleteWhen | None = None  # update_related: rows that say so become delinks
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteWhen:
+    """A source column that turns a row into a delink (a ``deleted`` flag, a tombstone marker)."""
+
+    column: str
+    values: frozenset[str]  # compared with the cell, stripped and lower-cased
+    target: Target  # the stream's target with operation delete_related
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -669,6 +685,20 @@ def _stream(file: str, index: int, data: dict[str, object], base: Path) -> Strea
         duplicate_check_fields=duplicate_check,
     )
     linger_ms = table.number("linger_ms", "a number of milliseconds >= 0", low=0, inclusive=True)
+    delete_when = None
+    if "delete_when" in table:
+        if operation is not Operation.UPDATE_RELATED:
+            raise table.error("delete_when", "nothing: delete_when is only for update_related streams")
+        when = table.table("delete_when", _DELETE_WHEN_KEYS)
+        values = when.strings(
+            "values", 'an array of cell values that mean deleted, e.g. ["true", "1"]', re.compile(r".+")
+        )
+        delete_when = DeleteWhen(
+            column=when.string("column", "the source column that marks a deleted relation"),
+            values=frozenset(v.strip().lower() for v in values),
+            target=replace(target, operation=Operation.DELETE_RELATED),
+        )
+    max_deletes = table.integer("max_deletes", 0, None, -1)
     return StreamConfig(
         name=name,
         source=source,
@@ -678,6 +708,8 @@ def _stream(file: str, index: int, data: dict[str, object], base: Path) -> Strea
         fields=fields,
         batch_size=table.integer("batch_size", 1, 100, 100),
         linger=(200.0 if linger_ms is None else linger_ms) / 1000,
+        max_deletes=None if max_deletes < 0 else max_deletes,
+        delete_when=delete_when,
     )
 
 

@@ -64,11 +64,16 @@ class AdaptiveLimit:
 
 
 class CreditMeter:
-    """Credits spent by this run; ``spend`` refuses a call that would go over the budget."""
+    """Credits spent by this run; ``spend`` refuses a call that would go over the budget.
+
+    ``budget`` is what is left of the configured daily budget once the last 24 hours' spending (all runs,
+    from the ledger) is taken off; ``take`` hands the ledger what was spent since it last asked.
+    """
 
     def __init__(self, budget: int | None) -> None:
         self.budget = budget
         self.spent = 0
+        self._reported = 0
 
     def spend(self, credits: int) -> bool:
         if self.budget is not None and self.spent + credits > self.budget:
@@ -78,6 +83,10 @@ class CreditMeter:
 
     def refund(self, credits: int) -> None:
         self.spent -= credits  # a 429 is not charged by Zoho
+
+    def take(self) -> int:
+        delta, self._reported = self.spent - self._reported, self.spent
+        return delta
 
 
 class Limits:

@@ -54,7 +54,7 @@ _compiled: dict[int, tuple[StreamConfig, Mapper]] = {}
 class Mapper:
     """One stream's mapping, compiled. ``mapper(row)`` is :func:`to_change` without the cache lookup."""
 
-    __slots__ = ("_by_id", "_columns", "_constants", "_key", "_parent", "_parent_by_id", "stream")
+    __slots__ = ("_by_id", "_columns", "_constants", "_delete", "_key", "_parent", "_parent_by_id", "stream")
 
     def __init__(self, stream: StreamConfig) -> None:
         self.stream = stream
@@ -62,6 +62,7 @@ class Mapper:
         self._by_id = stream.match.field is None
         self._parent: str | None = stream.parent.column if stream.parent else None
         self._parent_by_id = stream.parent is not None and stream.parent.field is None
+        self._delete = stream.delete_when
         self._constants: tuple[tuple[str, JSON], ...] = tuple(
             (f.field, f.value) for f in stream.fields if f.column is None
         )
@@ -89,6 +90,22 @@ class Mapper:
             else:
                 assert isinstance(found, str)
                 parent = found
+
+        delete = self._delete
+        if delete is not None and _flag(values.get(delete.column)) in delete.values:
+            # A delink needs only the keys: the row's other cells do not matter.
+            assert isinstance(key, str)
+            if errors:
+                return _invalid(stream, row.seq, key, parent, values, errors)
+            return Change(
+                stream=stream.name,
+                seq=row.seq,
+                target=delete.target,
+                key=key,
+                parent=parent,
+                fields={},
+                source_row=values,
+            )
 
         fields: dict[str, JSON] = dict(self._constants)
         for name, column, convert, required in self._columns:
@@ -126,6 +143,14 @@ class Mapper:
             fields=fields,
             source_row=values,
         )
+
+
+def _flag(value: JSON) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return str(value).strip().lower() if value is not None else ""
 
 
 def _key_of(values: dict[str, JSON], column: str, by_id: bool) -> str | tuple[str, str]:

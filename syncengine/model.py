@@ -6,10 +6,13 @@ mutate what another stage still holds.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeAlias
+
+import orjson
 
 __all__ = [
     "JSON",
@@ -89,6 +92,17 @@ class Change:
     def order_key(self) -> tuple[str, str | None, str]:
         """Changes with equal order keys touch the same CRM object and must apply in source order."""
         return (self.target.module, self.parent, self.key)
+
+    def key_digest(self) -> int:
+        """A 64-bit digest of what this change addresses (module, parent, key): skip-unchanged's key."""
+        text = f"{self.target.module}\x00{self.parent or ''}\x00{self.key}".encode()
+        return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
+
+    def digest(self) -> int:
+        """A 64-bit digest of the effect: equal digests for one key mean sending it again changes nothing."""
+        effect = (self.target.operation.value, self.target.related_list, dict(self.fields))
+        text = orjson.dumps(effect, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+        return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

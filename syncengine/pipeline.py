@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,17 +22,15 @@ from typing import IO
 
 import anyio
 import structlog
-from anyio.streams.memory import MemoryObjectSendStream
 
 from syncengine.batcher import Batcher
 from syncengine.config import Config, Secrets, StreamConfig
 from syncengine.crm.auth import TokenProvider
-from syncengine.crm.requests import max_items
 from syncengine.crm.transport import Transport
 from syncengine.errors import AuthError, SecretsError, SourceError, StreamHalted, SyncError, TransportError
+from syncengine.intake import Intake
 from syncengine.ledger import LedgerWriter, RunSummary, SeqSet, SqliteLedger
 from syncengine.limits import CreditMeter, Limits
-from syncengine.mapping import to_change
 from syncengine.model import Outcome, Status
 from syncengine.positions import Checkpoints, fingerprint, ledger_rows
 from syncengine.progress import RunProgress
@@ -61,6 +59,7 @@ class RunOptions:
     dry_run_path: Path | None = None  # set: dry run, the would-be requests are written here as JSONL
     resume: int | None = None  # continue this run: what already has a terminal outcome is skipped
     redrive: Redrive | None = None
+    full: bool = False  # send every change, even one identical to the last that succeeded for its key
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     max_buffered: int = 10_000  # changes the batcher may hold: the memory bound of the pipeline
     outcome_buffer: int = 2_000
@@ -145,11 +144,12 @@ async def run_sync(
             sub_concurrency=crm.sub_concurrency,
             requests_per_second=crm.requests_per_second,
         )
+        credits = CreditMeter(await _credits_left(crm.credit_budget, ledger, dry_run))
         sender = Sender(
             request=transport.request,
             tokens=tokens,
             limits=limits,
-            credits=CreditMeter(crm.credit_budget),
+            credits=credits,
             policy=options.policy,
             stats=stats,
         )
@@ -164,7 +164,7 @@ async def run_sync(
             retry_of=options.redrive.run_id if options.redrive else None,
         )
         send, receive = anyio.create_memory_object_stream[Outcome](options.outcome_buffer)
-        writer = LedgerWriter(ledger, run_id, on_flush=progress.on_flush, checkpoints=checkpoints)
+        writer = LedgerWriter(ledger, run_id, on_flush=progress.on_flush, checkpoints=checkpoints, credits=credits.take)
 
         def on_stop(reason: Exception) -> None:
             nonlocal stopped, fatal
@@ -188,6 +188,9 @@ async def run_sync(
             for change in batcher.halt(error.stream):
                 await send.send(failed_outcome(change, code=error.code, message=error.message, note=note))
 
+        async def halt(stream: str, code: str, message: str) -> None:
+            await on_halt(StreamHalted(stream, code, message))
+
         def on_source_error(name: str, error: SourceError) -> None:
             halted.append(f"{name}: SOURCE_ERROR: {error}")
             log.error("syncengine.source_failed", stream=name, reason=str(error))
@@ -208,10 +211,22 @@ async def run_sync(
                     async with anyio.create_task_group() as work:
                         for stream in plan.streams:
                             batcher.open_input()
-                            rows = _rows(stream, ledger, options, plan)
-                            work.start_soon(
-                                _read, stream, rows, batcher, send.clone(), progress, plan, checkpoints, on_source_error
+                            if stream.name in plan.skip:
+                                progress.read[stream.name] += plan.skip[stream.name].count_upto(
+                                    plan.start_after.get(stream.name, 0)
+                                )
+                            intake = Intake(
+                                stream,
+                                batcher=batcher,
+                                outcomes=send.clone(),
+                                progress=progress,
+                                checkpoints=checkpoints,
+                                skip=plan.skip.get(stream.name),
+                                digests=None if options.full or dry_run else ledger,
+                                halt=halt,
+                                on_source_error=on_source_error,
                             )
+                            work.start_soon(intake.run, _rows(stream, ledger, options, plan))
                         for _ in range(crm.concurrency):
                             worker = Worker(
                                 sender=sender,
@@ -310,6 +325,16 @@ async def _plan(config: Config, ledger: SqliteLedger, options: RunOptions, dry_r
     return _Plan(run_id=run_id, streams=streams, skip=skip, start_after=start_after)
 
 
+async def _credits_left(budget: int | None, ledger: SqliteLedger, dry_run: bool) -> int | None:
+    """The daily budget less what every run spent in the last 24 hours (Zoho's window is rolling)."""
+    if budget is None or dry_run:
+        return budget
+    spent = await ledger.credits_since(time.time() - 86_400)
+    if spent:
+        log.info("syncengine.credits_budget", budget=budget, spent_last_24h=spent, left=max(0, budget - spent))
+    return max(0, budget - spent)
+
+
 def _check_sources(streams: Sequence[StreamConfig]) -> None:
     """Fail before the run starts, not halfway, when a source file is not there."""
     for stream in streams:
@@ -324,51 +349,6 @@ def _rows(stream: StreamConfig, ledger: SqliteLedger, options: RunOptions, plan:
         return ledger_rows(ledger, redrive.run_id, stream.name, statuses=redrive.statuses, codes=redrive.codes)
     # Resumed: rows at or below the checkpoint all have their outcome; the reader skips them unparsed.
     return open_reader(stream.source, start_after=plan.start_after.get(stream.name, 0))
-
-
-async def _read(
-    stream: StreamConfig,
-    rows: AsyncIterator[Row],
-    batcher: Batcher,
-    send: MemoryObjectSendStream[Outcome],
-    progress: RunProgress,
-    plan: _Plan,
-    checkpoints: Checkpoints,
-    on_source_error: Callable[[str, SourceError], None],
-) -> None:
-    """Stream one source into the batcher; bad rows go straight to the ledger as INVALID outcomes.
-
-    A source that cannot be read on (a file removed mid-run, a header that turns out bad) ends this
-    stream only: what was read keeps its outcomes, the other streams go on.
-    """
-    per_call = max_items(stream.target, stream.batch_size)
-    skip = plan.skip.get(stream.name)
-    if skip is not None:
-        progress.read[stream.name] += skip.count_upto(plan.start_after.get(stream.name, 0))
-    try:
-        async with send:
-            async for row in rows:
-                progress.on_read(stream.name)
-                if skip is not None and row.seq in skip:
-                    continue  # resumed: this change already has its outcome in this run
-                checkpoints.seen(stream.name, row.seq)
-                result = to_change(stream, row)
-                if isinstance(result, Outcome):
-                    await send.send(result)
-                elif not await batcher.put(result, max_items=per_call, linger=stream.linger):
-                    if batcher.stopped:
-                        return  # the run is stopping: this change stays pending, for a resumed run
-                    note = "not sent: the stream was halted by an earlier error"
-                    await send.send(failed_outcome(result, code="STREAM_HALTED", message=note))
-                    return
-    except SourceError as exc:
-        on_source_error(stream.name, exc)
-    finally:
-        batcher.close_input()
-        aclose = getattr(rows, "aclose", None)
-        if aclose is not None:  # a stream stopped early must still close its file or ledger cursor
-            with anyio.CancelScope(shield=True):
-                await aclose()
 
 
 def selected_sources(config: Config, names: Sequence[str]) -> list[Path]:

@@ -62,9 +62,7 @@ class PgServer:
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run one of the server binaries as the server's user; raise with its output if it fails."""
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "HOME": str(self.directory)}
-        kwargs: dict[str, object] = {}
-        if self.user is not None:
-            kwargs = {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
+        user = self.user
         done = subprocess.run(
             [str(self.bin / args[0]), *args[1:]],
             env=env,
@@ -73,7 +71,10 @@ class PgServer:
             text=True,
             timeout=120,
             check=False,
-            **kwargs,  # type: ignore[call-overload]
+            # Under root: drop to the server's user, its group, and no supplementary groups.
+            user=user.pw_uid if user else None,
+            group=user.pw_gid if user else None,
+            extra_groups=[] if user else None,
         )
         if done.returncode != 0:
             raise RuntimeError(f"{args[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")

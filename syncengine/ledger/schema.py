@@ -22,7 +22,7 @@ from typing import Final
 
 __all__ = ["SCHEMA_VERSION", "NewerSchema", "migrate"]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 _V1: Final = """
 CREATE TABLE runs (
@@ -81,8 +81,28 @@ CREATE TABLE run_sources (
 ) WITHOUT ROWID;
 """
 
+# Skip-unchanged: per stream and key, the digest of the last change that succeeded. Written only for
+# SUCCESS outcomes (an unchanged nightly export writes nothing), read in chunks of keys, never per row.
+# Credits: what each flush of outcomes cost, so a daily budget holds over a rolling 24 hours across runs.
+_V3: Final = """
+CREATE TABLE digests (
+    stream TEXT NOT NULL,
+    key    INTEGER NOT NULL,                    -- Change.key_digest(): module, parent and key
+    digest INTEGER NOT NULL,                    -- Change.digest(): the operation and fields sent
+    PRIMARY KEY (stream, key)
+) WITHOUT ROWID;
+
+CREATE TABLE credits (
+    at      REAL NOT NULL,                      -- epoch seconds
+    run_id  INTEGER NOT NULL,
+    credits INTEGER NOT NULL
+);
+
+CREATE INDEX credits_at ON credits (at);
+"""
+
 # Each entry takes the schema from version i to i + 1.
-_MIGRATIONS: Final = (_V1, _V2)
+_MIGRATIONS: Final = (_V1, _V2, _V3)
 
 
 class NewerSchema(Exception):

@@ -333,11 +333,19 @@ class SqliteLedger:
     # --- outcomes ---------------------------------------------------------------------------------------
 
     async def append(
-        self, run_id: int, outcomes: Sequence[Outcome], checkpoints: Mapping[str, int] | None = None
+        self,
+        run_id: int,
+        outcomes: Sequence[Outcome],
+        checkpoints: Mapping[str, int] | None = None,
+        *,
+        credits: int = 0,
+        remember: bool = True,
     ) -> None:
         """Write a batch of terminal outcomes, and the checkpoints they cover, in one transaction.
 
         All or nothing: after a kill at any instant, the batch is either wholly in the ledger or not at all.
+        ``credits`` is what the calls behind the batch cost; with ``remember``, each SUCCESS also records
+        its change's digest, so an unchanged change can be skipped next time.
         """
         for outcome in outcomes:
             if outcome.status not in TERMINAL:
@@ -345,20 +353,61 @@ class SqliteLedger:
                     f"the ledger records terminal outcomes only: {outcome.change.stream!r} seq "
                     f"{outcome.change.seq} is {outcome.status.value}"
                 )
-        if not outcomes and not checkpoints:
+        if not outcomes and not checkpoints and not credits:
             return
 
         def append() -> None:
             conn = self._connection()
             rows = [_row(run_id, o) for o in outcomes]  # built here, off the event loop
+            digests = (
+                [
+                    (o.change.stream, o.change.key_digest(), o.change.digest())
+                    for o in outcomes
+                    if o.status is Status.SUCCESS
+                ]
+                if remember
+                else []
+            )
             with _transaction(conn):
                 self._run_row(conn, run_id)
                 conn.executemany(_INSERT, rows)
+                if digests:
+                    conn.executemany("INSERT OR REPLACE INTO digests (stream, key, digest) VALUES (?, ?, ?)", digests)
+                if credits:
+                    conn.execute(
+                        "INSERT INTO credits (at, run_id, credits) VALUES (?, ?, ?)", (time.time(), run_id, credits)
+                    )
                 if checkpoints:
                     now = time.time()
                     conn.executemany(_CHECKPOINT, [(run_id, s, p, now) for s, p in checkpoints.items()])
 
         await self._run(f"cannot append {len(outcomes)} outcomes to run {run_id}", append)
+
+    async def digests(self, stream: str, keys: Sequence[int]) -> dict[int, int]:
+        """The digest of the last change that succeeded, for those of ``keys`` that have one."""
+        if not keys:
+            return {}
+
+        def load() -> dict[int, int]:
+            conn = self._connection()
+            found: dict[int, int] = {}
+            for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT key, digest FROM digests WHERE stream = ? AND key IN ({marks})"
+                found.update(conn.execute(query, (stream, *chunk)).fetchall())
+            return found
+
+        return await self._run(f"cannot read the digests of stream {stream!r}", load)
+
+    async def credits_since(self, since: float) -> int:
+        """Credits spent by every run since ``since`` (epoch seconds): a rolling budget's spending."""
+
+        def load() -> int:
+            row = self._connection().execute("SELECT COALESCE(SUM(credits), 0) FROM credits WHERE at > ?", (since,))
+            return int(row.fetchone()[0])
+
+        return await self._run("cannot read the credits spent", load)
 
     async def set_checkpoint(self, run_id: int, stream: str, seq: int) -> None:
         """Record that every change of ``stream`` up to ``seq`` is terminal (it never moves back)."""

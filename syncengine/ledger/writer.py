@@ -32,6 +32,8 @@ class LedgerWriter:
         max_delay: float = 0.05,
         on_flush: Callable[[Sequence[Outcome]], None] | None = None,
         checkpoints: Callable[[Sequence[Outcome]], Mapping[str, int] | None] | None = None,
+        credits: Callable[[], int] | None = None,
+        remember: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -43,6 +45,8 @@ class LedgerWriter:
         # Called with each batch just before it is committed: the source positions the batch completes,
         # written in the same transaction so a checkpoint never covers an outcome that was not kept.
         self._checkpoints = checkpoints
+        self._credits = credits  # credits spent since the last call: recorded with the batch
+        self._remember = remember  # record SUCCESS digests for skip-unchanged
         self.written = 0  # outcomes committed so far
         self.flushes = 0  # transactions committed so far
 
@@ -102,7 +106,8 @@ class LedgerWriter:
         if not batch:
             return
         positions = self._checkpoints(batch) if self._checkpoints is not None else None
-        await self._ledger.append(self._run_id, batch, positions or None)
+        spent = self._credits() if self._credits is not None else 0
+        await self._ledger.append(self._run_id, batch, positions or None, credits=spent, remember=self._remember)
         self.written += len(batch)
         self.flushes += 1
         if self._on_flush is not None:

@@ -29,8 +29,9 @@ __all__ = ["PostgresReader"]
 
 CONNECT_TIMEOUT = 30.0  # seconds
 
-# What a failing connection or statement can raise (asyncpg's own tree, plus socket-level errors).
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# What a failing connection or statement can raise: asyncpg's three roots (the server's errors, misuse or a
+# closed connection, a protocol out of step, e.g. after the server ended the session), and socket errors.
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 
 class PostgresReader(KeysetReader):
@@ -67,7 +68,7 @@ class PostgresReader(KeysetReader):
         except (*_DRIVER_ERRORS, ValueError) as exc:
             # from None: the driver's own message, in a chained traceback, might quote the DSN.
             reason = _scrub(f"{type(exc).__name__}: {exc}", dsn)
-            raise SourceError(self.source, f"cannot connect to the database in {self.dsn_env}: {reason}") from None
+            raise SourceError(self.source, f"cannot connect: {reason}") from None
         try:
             statement = await self._connection.prepare(f"SELECT * FROM ({self.spec.relation}) AS q LIMIT 0")
         except asyncpg.UndefinedTableError as exc:
@@ -103,8 +104,10 @@ class PostgresReader(KeysetReader):
             return
         try:
             await connection.close(timeout=5)
+        except _DRIVER_ERRORS:
+            connection.terminate()  # the connection is broken already: drop the socket, nothing to report
         except BaseException:
-            connection.terminate()  # cancelled or the server is gone: drop the socket, then go on
+            connection.terminate()  # cancelled: drop the socket, then let the cancellation through
             raise
 
     def _error(self, exc: BaseException) -> SourceError:

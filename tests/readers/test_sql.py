@@ -262,7 +262,10 @@ async def test_bad_query_is_a_source_error(db: Backend) -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        (SqlSpec(table="contacts", key="erp_id"), r"key column 'erp_id' is not in table 'contacts' \(its columns: id, "),
+        (
+            SqlSpec(table="contacts", key="erp_id"),
+            r"key column 'erp_id' is not in table 'contacts' \(its columns: id, ",
+        ),
         (SqlSpec(table="contacts", key="id", cursor="modified"), "cursor column 'modified' is not in table"),
         (SqlSpec(query="SELECT id, id AS id FROM contacts", key="id"), "returns two columns named 'id'"),
     ],

@@ -6,6 +6,7 @@ import base64
 import sqlite3
 from pathlib import Path
 
+import anyio
 import pytest
 
 from syncengine.errors import SourceError
@@ -48,7 +49,12 @@ async def test_sqlite_types_become_json(tmp_path: Path) -> None:
     ("stamps", "since_index", "lag", "replayed"),
     [
         (["2024-03-01 09:00:00", "2024-03-01 09:00:03", "2024-03-01 09:00:04", "2024-03-01 09:00:09"], 2, 1.0, [2, 3]),
-        (["2024-03-01T09:00:00Z", "2024-03-01T09:00:03Z", "2024-03-01T09:00:04Z", "2024-03-01T09:00:09Z"], 2, 1, [2, 3]),
+        (
+            ["2024-03-01T09:00:00Z", "2024-03-01T09:00:03Z", "2024-03-01T09:00:04Z", "2024-03-01T09:00:09Z"],
+            2,
+            1,
+            [2, 3],
+        ),
         (["2024-03-01 09:00:00.100", "2024-03-01 09:00:00.250", "2024-03-01 09:00:00.300"], 2, 0.05, [2, 3]),
         (["2024-02-28", "2024-02-29", "2024-03-01", "2024-03-02"], 2, 86_400, [2, 3]),
         (["1709283600", "1709283603", "1709283604"], 2, 3, [2, 3]),
@@ -62,7 +68,9 @@ async def test_lag_on_text_timestamps_keeps_their_shape(
     kind = "INTEGER" if stamps[0].isdigit() else "TEXT"
     path = database(tmp_path, f"CREATE TABLE t (id INTEGER PRIMARY KEY, changed {kind})")
     with sqlite3.connect(path) as db:
-        db.executemany("INSERT INTO t VALUES (?, ?)", [(i, int(s) if s.isdigit() else s) for i, s in enumerate(stamps, 1)])
+        db.executemany(
+            "INSERT INTO t VALUES (?, ?)", [(i, int(s) if s.isdigit() else s) for i, s in enumerate(stamps, 1)]
+        )
     db.close()
     spec = SqlSpec(table="t", key="id", cursor="changed", lag_seconds=lag)
     everything = await read_all(SqliteReader(path, SqlSpec(table="t", key="id", cursor="changed")))
@@ -134,3 +142,25 @@ async def test_schema_qualified_and_quoted_names(tmp_path: Path) -> None:
     spec = SqlSpec(table="main.Contact List", key="Contact Id", cursor="Updated At")
     rows = await read_all(SqliteReader(path, spec))
     assert [row.position for row in rows] == [("2024-01-01", 2), ("2024-01-02", 1)]
+
+
+async def test_a_page_cancelled_mid_fetch_is_fetched_again(tmp_path: Path) -> None:
+    """Cancelling a read while a page is fetched in the worker thread loses nothing, and repeats nothing."""
+    path = database(tmp_path, "CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    with sqlite3.connect(path) as db:
+        db.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(1, 10)])
+    db.close()
+    # A query whose every page first counts to three million: slow enough to be cancelled mid-fetch.
+    slow = (
+        "SELECT t.id FROM t, (WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 3000000)"
+        " SELECT max(x) AS m FROM n) AS pause"
+    )
+    source = SqliteReader(path, SqlSpec(query=slow, key="id", page_size=4))
+    async with source:
+        rows = [await anext(source) for _ in range(4)]
+        with anyio.move_on_after(0.01):
+            # The thread cannot be interrupted: the page completes and is kept, whether or not this
+            # await returns it before the cancellation lands.
+            rows.append(await anext(source))
+        rows += [row async for row in source]
+    assert [(row.seq, row.values["id"]) for row in rows] == [(i, i) for i in range(1, 10)]
