@@ -58,13 +58,28 @@ def cli(json_logs: bool | None) -> None:
     default=None,
     help="Where a dry run writes the would-be requests (JSONL). Default: <config>.dry-run.jsonl",
 )
+@click.option("--plan", is_flag=True, help="A dry run that prints the calls and credits the run would need.")
+@click.option("--full", is_flag=True, help="Send every change, even one identical to the last success for its key.")
 @click.option(
     "--resume",
     is_flag=True,
     help="If this config's last run did not complete, continue it: changes with an outcome are skipped.",
 )
-def run(config_file: Path, streams: tuple[str, ...], dry_run: bool, requests_out: Path | None, resume: bool) -> None:
-    """Run every stream of CONFIG_FILE once (or only --stream NAME)."""
+def run(
+    config_file: Path,
+    streams: tuple[str, ...],
+    dry_run: bool,
+    requests_out: Path | None,
+    plan: bool,
+    full: bool,
+    resume: bool,
+) -> None:
+    """Run every stream of CONFIG_FILE once (or only --stream NAME).
+
+    Changes identical to the last one that succeeded for their key are SKIPPED (no call, no credit)
+    unless --full.
+    """
+    dry_run = dry_run or plan
     config = _load(config_file)
     for name in streams:
         _guard(functools.partial(config.stream, name))
@@ -73,7 +88,7 @@ def run(config_file: Path, streams: tuple[str, ...], dry_run: bool, requests_out
     resume_run = _guard(lambda: anyio.run(_resumable, config)) if resume and not dry_run else None
     if resume and resume_run is None and not dry_run:
         click.echo("Nothing to resume: the last run of this config completed. Starting a new run.", err=True)
-    options = RunOptions(streams=streams, dry_run_path=out, resume=resume_run)
+    options = RunOptions(streams=streams, dry_run_path=out, resume=resume_run, full=full)
     code = execute(config, secrets, options)
     if out is not None:
         click.echo(f"Would-be requests: {out}")

@@ -79,6 +79,9 @@ class RunResult:
     throttled: int
     refreshes: int
     max_in_flight: int
+    planned_calls: int = 0  # dry run: calls it would make
+    planned_credits: int = 0  # dry run: credits they would cost
+    credits_left: int | None = None  # of the daily budget, when one is set, at the start of the run
 
 
 class RunControl:
@@ -130,6 +133,15 @@ async def run_sync(
             Path(stack.enter_context(tempfile.TemporaryDirectory())) / "dry-run.db" if dry_run else config.ledger.path
         )
         ledger = await stack.enter_async_context(SqliteLedger(ledger_path))
+        # What earlier runs recorded (digests of successes, credits spent) still shapes a dry run, so its
+        # would-be requests are the real ones; it only reads the real ledger, if there is one.
+        history: SqliteLedger | None = ledger
+        if dry_run:
+            history = (
+                await stack.enter_async_context(SqliteLedger(config.ledger.path))
+                if config.ledger.path.is_file()
+                else None
+            )
         plan = await _plan(config, ledger, options, dry_run)
         run_id = plan.run_id
         dry_out: IO[bytes] | None = (
@@ -144,7 +156,7 @@ async def run_sync(
             sub_concurrency=crm.sub_concurrency,
             requests_per_second=crm.requests_per_second,
         )
-        credits = CreditMeter(await _credits_left(crm.credit_budget, ledger, dry_run))
+        credits = CreditMeter(await _credits_left(crm.credit_budget, history))
         sender = Sender(
             request=transport.request,
             tokens=tokens,
@@ -222,7 +234,7 @@ async def run_sync(
                                 progress=progress,
                                 checkpoints=checkpoints,
                                 skip=plan.skip.get(stream.name),
-                                digests=None if options.full or dry_run else ledger,
+                                digests=None if options.full else history,
                                 halt=halt,
                                 on_source_error=on_source_error,
                             )
@@ -278,6 +290,9 @@ async def run_sync(
         throttled=stats.throttled,
         refreshes=tokens.refreshes if tokens is not None else 0,
         max_in_flight=limits.general.max_in_flight,
+        planned_calls=stats.planned_calls,
+        planned_credits=stats.planned_credits,
+        credits_left=credits.budget,
     )
 
 
@@ -325,9 +340,9 @@ async def _plan(config: Config, ledger: SqliteLedger, options: RunOptions, dry_r
     return _Plan(run_id=run_id, streams=streams, skip=skip, start_after=start_after)
 
 
-async def _credits_left(budget: int | None, ledger: SqliteLedger, dry_run: bool) -> int | None:
+async def _credits_left(budget: int | None, ledger: SqliteLedger | None) -> int | None:
     """The daily budget less what every run spent in the last 24 hours (Zoho's window is rolling)."""
-    if budget is None or dry_run:
+    if budget is None or ledger is None:
         return budget
     spent = await ledger.credits_since(time.time() - 86_400)
     if spent:

@@ -40,6 +40,14 @@ async def run_with_progress(
             f"`syncengine resume {result.summary.run_id} -c {config.file}` "
             f"(or `syncengine run {config.file} --resume`)."
         )
+    if result.summary.dry_run:
+        budget = "" if result.credits_left is None else f" · daily budget left: {result.credits_left:,}"
+        console.print(
+            f"[bold]Plan:[/] {result.planned_calls:,} calls, {result.planned_credits:,} credits{budget}",
+            highlight=False,
+        )
+        if result.credits_left is not None and result.planned_credits > result.credits_left:
+            console.print("[yellow]Over budget:[/] the run would stop at the budget with the rest pending.")
     where = (
         "dry run: nothing recorded"
         if result.summary.dry_run

@@ -68,7 +68,9 @@ class CallStats:
     throttled: int = 0
     retries: int = 0
     transport_errors: int = 0
-    credits_remaining: int | None = None
+    credits_remaining: int | None = None  # X-API-CREDITS-REMAINING, when Zoho sends it
+    planned_calls: int = 0  # dry run: the calls it would make
+    planned_credits: int = 0  # dry run: what they would cost
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -273,6 +275,9 @@ class Worker:
         book = _Ledger()
         if self._dry_run_out is not None:
             self._write_dry_run(build_call(payload, self._api_base, trigger=self._trigger))
+            stats = self._sender.stats
+            stats.planned_calls += 1
+            stats.planned_credits += write_credits(payload.target, len(payload.items))
             await self._emit(
                 payload.items,
                 book,

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,14 +63,16 @@ def _read_ledger(path: Path) -> dict[tuple[str, int], Row]:
     return {(stream, seq): (status, code, finished, attempts) for stream, seq, status, code, finished, attempts in rows}
 
 
-def _count_rows(path: Path) -> int:
+def _count_rows(path: Path) -> dict[str, int]:
+    """Outcome rows per stream, and in all under ``"*"``."""
     if not path.exists():
-        return 0
+        return {"*": 0}
     with closing(sqlite3.connect(path, timeout=10)) as conn:
         try:
-            return int(conn.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0])
+            counts = {str(s): int(n) for s, n in conn.execute("SELECT stream, COUNT(*) FROM outcomes GROUP BY stream")}
         except sqlite3.OperationalError:
-            return 0
+            counts = {}
+    return {"*": sum(counts.values()), **counts}
 
 
 def _runs(path: Path) -> list[tuple[int, str]]:
@@ -88,9 +90,9 @@ def _engine_env() -> dict[str, str]:
     return env
 
 
-async def _poll_until(condition: Callable[[], bool], deadline: float) -> bool:
+async def _poll_until(condition: Callable[[], Awaitable[bool]], deadline: float) -> bool:
     """Poll ``condition`` every 20 ms until it holds or ``deadline`` (anyio time) passes."""
-    while not condition():
+    while not await condition():
         if anyio.current_time() >= deadline:
             return False
         await anyio.sleep(0.02)

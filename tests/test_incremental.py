@@ -134,3 +134,18 @@ async def test_daily_credit_budget_holds_across_runs(tmp_path: Path, sandbox: Sa
     second = await run(config)
     assert second.summary.succeeded == 200 and second.summary.state == "paused"  # 20 credits were left
     assert sandbox.stats.snapshot()["credits_used"] == 70
+
+
+async def test_plan_counts_calls_and_credits_and_respects_skip_unchanged(tmp_path: Path, sandbox: Sandbox) -> None:
+    """--plan (a dry run) counts the calls and credits a run would need, after skipping unchanged rows."""
+    seed(sandbox, 250)
+    rows = [[f"C{i}", f"N{i}"] for i in range(250)]
+    src = write_csv(tmp_path / "c.csv", ["erp_id", "last_name"], rows)
+    config = write_config(tmp_path / "sync.toml", sandbox.url, [contacts_stream(src)], credit_budget=1000)
+    plan = await run(config, secrets=None, dry_run_path=tmp_path / "plan.jsonl")
+    assert (plan.planned_calls, plan.planned_credits, plan.credits_left, plan.calls) == (3, 25, 1000, 0)
+    await run(config)
+    rows[0][1] = "Changed"
+    write_csv(src, ["erp_id", "last_name"], rows)
+    replan = await run(config, secrets=None, dry_run_path=tmp_path / "plan.jsonl")
+    assert (replan.planned_calls, replan.planned_credits, replan.credits_left) == (1, 1, 1000 - 25)
