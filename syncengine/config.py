@@ -47,6 +47,20 @@ A complete example::
     Lead_Source = { value = "ERP" }                     # a constant, sent as written
 
     [[streams]]
+    name = "erp-accounts"                               # a database table, followed incrementally
+    operation = "update"
+    module = "Accounts"
+    source = { kind = "postgres", dsn_env = "ERP_DSN",  # the DSN lives in $ERP_DSN, never in this file
+               table = "sales.accounts",                # or query = "SELECT ... FROM ..." (one of the two)
+               key = "id",                              # unique tie-breaker (the primary key), required
+               cursor = "updated_at",                   # optional: read in (cursor, key) order, resumably
+               lag_seconds = 5,                         # optional: re-read this far back for late commits
+               page_size = 1000 }                       # rows per page (default 1000)
+    # kind = "sqlite" takes path = "erp.db" instead of dsn_env; the other keys are the same.
+    match = { column = "id", field = "ERP_Account_ID" }
+    fields = { Account_Name = "name" }
+
+    [[streams]]
     name = "deal-contacts"
     operation = "update_related"
     module = "Contacts"                                 # the parent's module
@@ -93,6 +107,7 @@ __all__ = [
     "LedgerConfig",
     "Secrets",
     "SourceConfig",
+    "SqlSourceConfig",
     "StreamConfig",
     "load_config",
     "load_secrets",
@@ -122,7 +137,8 @@ SECRET_ENV: Final[Mapping[str, str]] = {
 
 _TRIGGERS: Final = ("approval", "workflow", "blueprint", "pathfinder", "orchestration")
 _API_VERSIONS: Final = ("v7", "v8")
-_SOURCE_KINDS: Final = ("csv", "jsonl")
+_SOURCE_KINDS: Final = ("csv", "jsonl", "sqlite", "postgres")
+_SQL_KINDS: Final = ("sqlite", "postgres")
 _EMPTY_MODES: Final = ("absent", "null")
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # Zoho API names (modules, related lists, fields) are letters, digits and underscores.
@@ -142,6 +158,12 @@ _STREAM_KEYS: Final = (
 _DELETE_WHEN_KEYS: Final = ("column", "values")
 _CSV_KEYS: Final = ("kind", "path", "encoding", "delimiter", "quotechar", "empty")
 _JSONL_KEYS: Final = ("kind", "path", "encoding")
+_SQL_COMMON_KEYS: Final = ("table", "query", "key", "cursor", "lag_seconds", "page_size")
+_SQL_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
+    "sqlite": ("kind", "path", *_SQL_COMMON_KEYS),
+    "postgres": ("kind", "dsn_env", *_SQL_COMMON_KEYS),
+}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KEY_KEYS: Final = ("column", "field")
 _FIELD_KEYS: Final = ("column", "value", "type", "required")
 
@@ -196,6 +218,21 @@ class SourceConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SqlSourceConfig:
+    """One stream's database source: a table or a query, read in keyset pages (see readers/sql.py)."""
+
+    kind: str  # sqlite | postgres
+    key: str  # the unique tie-breaker column (the primary key)
+    path: Path | None = None  # sqlite: the database file
+    dsn_env: str | None = None  # postgres: the environment variable holding the DSN (never the DSN itself)
+    table: str | None = None  # exactly one of table and query
+    query: str | None = None
+    cursor: str | None = None  # the incremental column (e.g. updated_at); None: key order only
+    lag_seconds: float = 0.0  # re-read rows whose cursor is within this of the stored position
+    page_size: int = 1000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class KeyConfig:
     """Which source column addresses a record, and as which CRM field (``None``: the record id)."""
 
@@ -219,7 +256,7 @@ class StreamConfig:
     """One source feeding one kind of change into one module."""
 
     name: str
-    source: SourceConfig
+    source: SourceConfig | SqlSourceConfig
     target: Target
     match: KeyConfig
     parent: KeyConfig | None
@@ -713,9 +750,12 @@ def _stream(file: str, index: int, data: dict[str, object], base: Path) -> Strea
     )
 
 
-def _source(stream: _Table, base: Path) -> SourceConfig:
+def _source(stream: _Table, base: Path) -> SourceConfig | SqlSourceConfig:
     # The CSV options are typos in a JSONL source, so the allowed keys depend on the kind.
-    is_jsonl = stream.raw_table("source").get("kind") == "jsonl"
+    raw_kind = stream.raw_table("source").get("kind")
+    if isinstance(raw_kind, str) and raw_kind in _SQL_KINDS:
+        return _sql_source(stream, base, raw_kind)
+    is_jsonl = raw_kind == "jsonl"
     table = stream.table("source", _JSONL_KEYS if is_jsonl else _CSV_KEYS)
     kind = table.choice("kind", _SOURCE_KINDS)
     path = table.path("path", base)
@@ -745,6 +785,47 @@ def _source(stream: _Table, base: Path) -> SourceConfig:
         delimiter=delimiter,
         quotechar=quotechar,
         empty=table.choice("empty", _EMPTY_MODES, default="absent"),
+    )
+
+
+def _sql_source(stream: _Table, base: Path, kind: str) -> SqlSourceConfig:
+    raw = stream.raw_table("source")
+    for secret in ("dsn", "password"):
+        if secret in raw:  # before the unknown-key check, which would only say "unknown key"
+            raise stream.error(
+                f"source.{secret}",
+                "no connection secrets in the config file: put the DSN in an environment variable and name it "
+                'with dsn_env (e.g. dsn_env = "ERP_DSN")',
+            )
+    table = stream.table("source", _SQL_KEYS[kind])
+    path = dsn_env = None
+    if kind == "sqlite":
+        path = table.path("path", base)
+        if path is None:
+            raise table.missing("path", "a non-empty string naming the SQLite database file")
+    else:
+        dsn_env = table.string("dsn_env", "the name of an environment variable holding the DSN", pattern=_ENV_NAME)
+    if ("table" in table) == ("query" in table):
+        raise table.error("table", "exactly one of table (a table or view name) or query (a SELECT)")
+    name = table.optional_string("table", "a table or view name, optionally schema-qualified (sales.contacts)")
+    query = table.optional_string("query", "a SELECT statement")
+    key = table.string("key", "the name of a unique column (the primary key), the tie-breaker for paging")
+    cursor = table.optional_string("cursor", "the name of the incremental column, such as updated_at")
+    if cursor is not None and cursor == key:
+        raise table.error("cursor", f"a column other than the key ({key!r})")
+    lag = table.number("lag_seconds", "a number of seconds >= 0", low=0, inclusive=True)
+    if lag and cursor is None:
+        raise table.error("lag_seconds", "nothing without a cursor: lag re-reads recent cursor values")
+    return SqlSourceConfig(
+        kind=kind,
+        key=key,
+        path=path,
+        dsn_env=dsn_env,
+        table=name,
+        query=query,
+        cursor=cursor,
+        lag_seconds=lag or 0.0,
+        page_size=table.integer("page_size", 1, 100_000, 1000),
     )
 
 

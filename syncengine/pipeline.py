@@ -24,7 +24,7 @@ import anyio
 import structlog
 
 from syncengine.batcher import Batcher
-from syncengine.config import Config, Secrets, StreamConfig
+from syncengine.config import Config, Secrets, SourceConfig, StreamConfig
 from syncengine.crm.auth import TokenProvider
 from syncengine.crm.transport import Transport
 from syncengine.errors import AuthError, SecretsError, SourceError, StreamHalted, SyncError, TransportError
@@ -314,7 +314,9 @@ async def _plan(config: Config, ledger: SqliteLedger, options: RunOptions, dry_r
             retry_of=options.redrive.run_id if options.redrive else None,
         )
         if options.redrive is None:
-            await ledger.set_sources(run_id, {s.name: fingerprint(s.source) for s in streams})
+            await ledger.set_sources(
+                run_id, {s.name: fingerprint(s.source) for s in streams if isinstance(s.source, SourceConfig)}
+            )
         return _Plan(run_id=run_id, streams=streams, skip={}, start_after={})
     run_id = options.resume
     before = await ledger.summary(run_id)
@@ -324,6 +326,8 @@ async def _plan(config: Config, ledger: SqliteLedger, options: RunOptions, dry_r
     _check_sources(streams)
     recorded = await ledger.sources(run_id)
     for stream in streams:
+        if not isinstance(stream.source, SourceConfig):
+            continue  # TODO(sql): a database source resumes from its stored position, not a file's seq
         now = fingerprint(stream.source)
         if stream.name in recorded and recorded[stream.name] != now:
             raise SourceError(
@@ -353,6 +357,8 @@ async def _credits_left(budget: int | None, ledger: SqliteLedger | None) -> int 
 def _check_sources(streams: Sequence[StreamConfig]) -> None:
     """Fail before the run starts, not halfway, when a source file is not there."""
     for stream in streams:
+        if not isinstance(stream.source, SourceConfig):
+            continue  # a database is checked when its reader opens
         path = Path(stream.source.path)
         if not path.is_file():
             raise SourceError(str(path), f"stream {stream.name!r}: no such file")
@@ -369,4 +375,4 @@ def _rows(stream: StreamConfig, ledger: SqliteLedger, options: RunOptions, plan:
 def selected_sources(config: Config, names: Sequence[str]) -> list[Path]:
     """The source files a run will read, for the progress estimate."""
     streams = [config.stream(n) for n in names] if names else list(config.streams)
-    return [s.source.path for s in streams]
+    return [s.source.path for s in streams if isinstance(s.source, SourceConfig)]

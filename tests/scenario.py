@@ -57,7 +57,7 @@ LEAD_ID0 = 111111000003000000
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Sizes:
-    """How big the scenario is. The defaults make 22,600 changes."""
+    """How big the scenario is. The defaults make about 22,500 changes (related rows repeat at random)."""
 
     contacts: int = 5000  # seeded; the first ``ext_contacts`` are updated by external ID, the rest by upsert
     ext_contacts: int = 3000
@@ -163,6 +163,19 @@ class Scenario:
         for pair, got in links.items():
             add(f"link Deal {pair[0]} - Contact {pair[1]}: should not exist, found {got}")
         return diffs
+
+    def expected_doc(self) -> dict[str, Any]:
+        """The expected state as a sandbox seed document (inserted records get new ids when loaded)."""
+        exp = self.expected
+        records: dict[str, list[dict[str, JSONValue]]] = {
+            module: [{"id": rid, **fields} for rid, fields in recs.items()] for module, recs in exp.records.items()
+        }
+        records["Contacts"] = records.get("Contacts", []) + [dict(fields) for fields in exp.inserted.values()]
+        relations = [
+            {"module": "Deals", "id": did, "related_list": "Contacts", "related_id": cid, "fields": dict(fields)}
+            for (did, cid), fields in exp.links.items()
+        ]
+        return {"records": records, "relations": relations}
 
     def duplicate_inserts(self, state: Any) -> int:
         """Records the upsert inserted more than once (an insert applied twice would show here)."""
@@ -407,7 +420,9 @@ def build_scenario(directory: Path, *, seed: int, sizes: Sizes | None = None) ->
     lrows = link_rows(role_ext + new_ext)
     apply_links(lrows)
     path = directory / "deal_links_ext.csv"
-    _write_csv(path, ["deal_erp_id", "contact_erp_id", "role_id"], [[deal_ext[d], contact_ext[c], r] for d, c, r in lrows])
+    _write_csv(
+        path, ["deal_erp_id", "contact_erp_id", "role_id"], [[deal_ext[d], contact_ext[c], r] for d, c, r in lrows]
+    )
     changes["deal_links_ext"] = len(lrows)
     streams.append(
         {

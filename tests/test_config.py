@@ -13,6 +13,7 @@ from syncengine.config import (
     FieldMapping,
     KeyConfig,
     Secrets,
+    SqlSourceConfig,
     load_config,
     load_secrets,
 )
@@ -466,7 +467,7 @@ MISTAKES = [
     pytest.param(
         CRM + stream(source='{ kind = "xml", path = "a.xml" }'),
         "streams[0] (contacts).source.kind",
-        "one of 'csv', 'jsonl', got 'xml'",
+        "one of 'csv', 'jsonl', 'sqlite', 'postgres', got 'xml'",
         id="bad-source-kind",
     ),
     pytest.param(
@@ -674,6 +675,66 @@ MISTAKES = [
         "no fields: delete_related only removes the relation",
         id="delete-related-with-fields",
     ),
+    pytest.param(
+        CRM + stream(source='{ kind = "postgres", dsn = "postgresql://u:pw@db/erp", table = "t", key = "id" }'),
+        "streams[0] (contacts).source.dsn",
+        "no connection secrets in the config file",
+        id="sql-dsn-in-config",
+    ),
+    pytest.param(
+        CRM + stream(source='{ kind = "postgres", dsn_env = "ERP-DSN", table = "t", key = "id" }'),
+        "streams[0] (contacts).source.dsn_env",
+        "the name of an environment variable",
+        id="sql-bad-env-name",
+    ),
+    pytest.param(
+        CRM + stream(source='{ kind = "sqlite", path = "erp.db", key = "id" }'),
+        "streams[0] (contacts).source.table",
+        "exactly one of table",
+        id="sql-neither-table-nor-query",
+    ),
+    pytest.param(
+        CRM + stream(source='{ kind = "sqlite", path = "erp.db", table = "t", query = "SELECT 1", key = "id" }'),
+        "streams[0] (contacts).source.table",
+        "exactly one of table",
+        id="sql-table-and-query",
+    ),
+    pytest.param(
+        CRM + stream(source='{ kind = "sqlite", path = "erp.db", table = "t" }'),
+        "streams[0] (contacts).source.key",
+        "unique column (the primary key), the tie-breaker for paging (missing)",
+        id="sql-no-key",
+    ),
+    pytest.param(
+        CRM + stream(source='{ kind = "sqlite", table = "t", key = "id" }'),
+        "streams[0] (contacts).source.path",
+        "SQLite database file (missing)",
+        id="sqlite-no-path",
+    ),
+    pytest.param(
+        CRM + stream(source='{ kind = "sqlite", path = "erp.db", table = "t", key = "id", lag_seconds = 5 }'),
+        "streams[0] (contacts).source.lag_seconds",
+        "nothing without a cursor",
+        id="sql-lag-without-cursor",
+    ),
+    pytest.param(
+        CRM + stream(source='{ kind = "sqlite", path = "erp.db", table = "t", key = "id", cursor = "id" }'),
+        "streams[0] (contacts).source.cursor",
+        "a column other than the key",
+        id="sql-cursor-is-key",
+    ),
+    pytest.param(
+        CRM + stream(source='{ kind = "sqlite", path = "erp.db", table = "t", key = "id", page_size = 0 }'),
+        "streams[0] (contacts).source.page_size",
+        "an integer from 1 to 100000",
+        id="sql-page-size",
+    ),
+    pytest.param(
+        CRM + stream(source='{ kind = "sqlite", path = "erp.db", table = "t", key = "id", dsn_env = "X" }'),
+        "streams[0] (contacts).source.dsn_env",
+        "unknown key 'dsn_env'",
+        id="sqlite-with-dsn-env",
+    ),
     pytest.param(CRM + "[[streams]]\nname = 3\n", "streams[0].name", "got 3 (an integer)", id="name-number"),
     pytest.param("streams = [1]\n" + CRM, "streams[0]", "a table, got 1", id="stream-not-table"),
 ]
@@ -707,6 +768,28 @@ def test_secret_in_config_never_echoes_value(tmp_path: Path) -> None:
     """Refusing a secret in the config does not repeat the secret."""
     caught = error(tmp_path, CRM + 'refresh_token = "1000.very-secret"\n' + CONTACTS)
     assert "very-secret" not in str(caught)
+
+
+def test_sql_sources(tmp_path: Path) -> None:
+    """sqlite and postgres sources: a table or a query, key, cursor, lag and page size; paths beside the file."""
+    sqlite = load(tmp_path, CRM + stream(source='{ kind = "sqlite", path = "erp.db", table = "contacts", key = "id" }'))
+    assert sqlite.streams[0].source == SqlSourceConfig(
+        kind="sqlite", path=tmp_path.resolve() / "erp.db", table="contacts", key="id"
+    )
+    source = (
+        '{ kind = "postgres", dsn_env = "ERP_DSN", query = "SELECT * FROM c", key = "id", cursor = "updated_at", '
+        "lag_seconds = 5, page_size = 500 }"
+    )
+    postgres = load(tmp_path, CRM + stream(source=source))
+    assert postgres.streams[0].source == SqlSourceConfig(
+        kind="postgres",
+        dsn_env="ERP_DSN",
+        query="SELECT * FROM c",
+        key="id",
+        cursor="updated_at",
+        lag_seconds=5.0,
+        page_size=500,
+    )
 
 
 def test_field_named_like_a_secret_is_a_field(tmp_path: Path) -> None:

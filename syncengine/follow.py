@@ -1,0 +1,72 @@
+"""Sources followed for `syncengine watch`: read, yield ``IDLE``, wait, read what is new, forever.
+
+- A table (SQL source with a cursor column) is re-read from the last position read, so each poll costs
+  one cheap keyset query; rows re-read inside the lag window (``replay``) that were already read by this
+  process are dropped here, so a quiet table does not fill the ledger with SKIPPED rows.
+- A file is re-read when its contents change (a new export dropped in place); its rows get fresh,
+  increasing seqs, and skip-unchanged makes the rows that did not change cost nothing.
+
+Seqs keep increasing for the life of the follower, as the watermark needs.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+
+import anyio
+
+from syncengine.config import SourceConfig
+from syncengine.intake import IDLE
+from syncengine.positions import fingerprint
+from syncengine.readers import Row, open_reader
+from syncengine.readers.sql import Position, SqlRow
+
+__all__ = ["follow_file", "follow_table"]
+
+_REPLAYS_KEPT = 100_000  # rows remembered to drop their lag-window replays: bounded memory
+
+
+async def follow_file(source: SourceConfig, *, interval: float) -> AsyncIterator[Row | object]:
+    """The file's rows each time its contents change, with seqs that keep increasing."""
+    seen: str | None = None
+    offset = 0
+    while True:
+        now = fingerprint(source)
+        if now != seen and not now.startswith("unreadable"):
+            last = 0
+            async for row in open_reader(source):
+                last = row.seq
+                yield replace(row, seq=offset + row.seq)
+            offset += last
+            seen = now
+        yield IDLE
+        await anyio.sleep(interval)
+
+
+async def follow_table(
+    open_table: Callable[[Position | None], AsyncIterator[Row]],
+    *,
+    since: Position | None,
+    interval: float,
+) -> AsyncIterator[Row | object]:
+    """New and changed rows of a table after ``since``, poll after poll."""
+    position = since
+    seq = 0
+    read: OrderedDict[tuple[str, str], None] = OrderedDict()  # (key, cursor) of rows read lately
+    while True:
+        async for row in open_table(position):
+            assert isinstance(row, SqlRow)
+            mark = (repr(row.position[1]), repr(row.position[0]))
+            if row.replay and mark in read:
+                continue  # read before by this follower, unchanged since: not a new change
+            read[mark] = None
+            if len(read) > _REPLAYS_KEPT:
+                read.popitem(last=False)
+            seq += 1
+            if not row.replay:
+                position = row.position
+            yield replace(row, seq=seq)
+        yield IDLE
+        await anyio.sleep(interval)
