@@ -20,7 +20,7 @@ import anyio
 from syncengine.config import SourceConfig
 from syncengine.intake import IDLE
 from syncengine.positions import fingerprint
-from syncengine.readers import Row, open_reader
+from syncengine.readers import Reader, Row, open_reader
 from syncengine.readers.sql import Position, SqlRow
 
 __all__ = ["follow_file", "follow_table"]
@@ -36,9 +36,10 @@ async def follow_file(source: SourceConfig, *, interval: float) -> AsyncIterator
         now = fingerprint(source)
         if now != seen and not now.startswith("unreadable"):
             last = 0
-            async for row in open_reader(source):
-                last = row.seq
-                yield replace(row, seq=offset + row.seq)
+            async with open_reader(source) as reader:
+                async for row in reader:
+                    last = row.seq
+                    yield replace(row, seq=offset + row.seq)
             offset += last
             seen = now
         yield IDLE
@@ -46,7 +47,7 @@ async def follow_file(source: SourceConfig, *, interval: float) -> AsyncIterator
 
 
 async def follow_table(
-    open_table: Callable[[Position | None], AsyncIterator[Row]],
+    open_table: Callable[[Position | None], Reader],
     *,
     since: Position | None,
     interval: float,
@@ -56,17 +57,18 @@ async def follow_table(
     seq = 0
     read: OrderedDict[tuple[str, str], None] = OrderedDict()  # (key, cursor) of rows read lately
     while True:
-        async for row in open_table(position):
-            assert isinstance(row, SqlRow)
-            mark = (repr(row.position[1]), repr(row.position[0]))
-            if row.replay and mark in read:
-                continue  # read before by this follower, unchanged since: not a new change
-            read[mark] = None
-            if len(read) > _REPLAYS_KEPT:
-                read.popitem(last=False)
-            seq += 1
-            if not row.replay:
-                position = row.position
-            yield replace(row, seq=seq)
+        async with open_table(position) as reader:
+            async for row in reader:
+                assert isinstance(row, SqlRow)
+                mark = (repr(row.position[1]), repr(row.position[0]))
+                if row.replay and mark in read:
+                    continue  # read before by this follower, unchanged since: not a new change
+                read[mark] = None
+                if len(read) > _REPLAYS_KEPT:
+                    read.popitem(last=False)
+                seq += 1
+                if not row.replay:
+                    position = row.position
+                yield replace(row, seq=seq)
         yield IDLE
         await anyio.sleep(interval)

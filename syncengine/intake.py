@@ -24,7 +24,7 @@ from syncengine.mapping import to_change
 from syncengine.model import Change, Operation, Outcome, Status
 from syncengine.positions import Checkpoints
 from syncengine.progress import RunProgress
-from syncengine.readers import BadRow, Row, SourceRow
+from syncengine.readers import BadRow, Row, SourceRow, SqlRow
 from syncengine.workers import failed_outcome, send_all
 
 __all__ = ["IDLE", "Intake"]
@@ -80,10 +80,12 @@ class Intake:
                             return
                         continue
                     assert isinstance(row, SourceRow | BadRow)
-                    self._progress.on_read(name)
                     if self._skip is not None and row.seq in self._skip:
-                        continue  # resumed: this change already has its outcome in this run
-                    self._checkpoints.seen(name, row.seq)
+                        self._progress.read[name] += 1  # resumed: it already has its outcome in this run
+                        continue
+                    self._progress.on_read(name)
+                    position = list(row.position) if isinstance(row, SqlRow) and not row.replay else None
+                    self._checkpoints.seen(name, row.seq, position)
                     result = to_change(self._stream, row)
                     if isinstance(result, Outcome):
                         await self._outcomes.send(result)

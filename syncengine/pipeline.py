@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -28,13 +28,15 @@ from syncengine.config import Config, Secrets, SourceConfig, StreamConfig
 from syncengine.crm.auth import TokenProvider
 from syncengine.crm.transport import Transport
 from syncengine.errors import AuthError, SecretsError, SourceError, StreamHalted, SyncError, TransportError
+from syncengine.follow import follow_file, follow_table
 from syncengine.intake import Intake
 from syncengine.ledger import LedgerWriter, RunSummary, SeqSet, SqliteLedger
 from syncengine.limits import CreditMeter, Limits
-from syncengine.model import Outcome, Status
+from syncengine.model import Change, Outcome, Status
 from syncengine.positions import Checkpoints, fingerprint, ledger_rows
 from syncengine.progress import RunProgress
-from syncengine.readers import Row, open_reader
+from syncengine.readers import Reader, Row, open_reader
+from syncengine.readers.sql import Position
 from syncengine.workers import CallStats, RetryPolicy, Sender, Worker, failed_outcome
 
 __all__ = ["Redrive", "RunControl", "RunOptions", "RunResult", "run_sync"]
@@ -60,6 +62,8 @@ class RunOptions:
     resume: int | None = None  # continue this run: what already has a terminal outcome is skipped
     redrive: Redrive | None = None
     full: bool = False  # send every change, even one identical to the last that succeeded for its key
+    watch: float | None = None  # follow the sources, polling every this many seconds, until stopped
+    environ: Mapping[str, str] | None = None  # where a postgres source's DSN variable is looked up
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     max_buffered: int = 10_000  # changes the batcher may hold: the memory bound of the pipeline
     outcome_buffer: int = 2_000
@@ -107,6 +111,7 @@ class _Plan:
     streams: list[StreamConfig]
     skip: dict[str, SeqSet]  # resume: seqs that already have a terminal outcome
     start_after: dict[str, int]  # resume: checkpoints
+    seq_offsets: dict[str, int] = field(default_factory=dict)  # resume: database streams' seqs go on from here
 
 
 async def run_sync(
@@ -250,6 +255,8 @@ async def run_sync(
                                 on_halt=on_halt,
                                 on_stop=on_stop,
                                 dry_run_out=dry_out,
+                                persistent=options.watch is not None,
+                                maybe_sent=_maybe_sent(plan) if options.resume is not None else None,
                             )
                             work.start_soon(worker.run)
                     stages.cancel_scope.cancel()  # the work is done: stop waiting for a stop request
@@ -327,7 +334,7 @@ async def _plan(config: Config, ledger: SqliteLedger, options: RunOptions, dry_r
     recorded = await ledger.sources(run_id)
     for stream in streams:
         if not isinstance(stream.source, SourceConfig):
-            continue  # TODO(sql): a database source resumes from its stored position, not a file's seq
+            continue  # a database source resumes from its stored position, not a file's seq
         now = fingerprint(stream.source)
         if stream.name in recorded and recorded[stream.name] != now:
             raise SourceError(
@@ -336,12 +343,28 @@ async def _plan(config: Config, ledger: SqliteLedger, options: RunOptions, dry_r
                 "run it as a new run instead (without --resume)",
             )
     start_after = await ledger.checkpoints(run_id)
-    skip = {s.name: await ledger.terminal_seqs(run_id, s.name) for s in streams}
+    files = [s for s in streams if isinstance(s.source, SourceConfig)]
+    skip = {s.name: await ledger.terminal_seqs(run_id, s.name) for s in files}
+    # A database stream resumes from its stored position; its seqs go on after the ones already recorded.
+    offsets = {s.name: await ledger.max_seq(run_id, s.name) for s in streams if s not in files}
     await ledger.reopen_run(run_id)
     log.info(
         "syncengine.run_resuming", run_id=run_id, done={k: len(v) for k, v in skip.items()}, checkpoints=start_after
     )
-    return _Plan(run_id=run_id, streams=streams, skip=skip, start_after=start_after)
+    return _Plan(run_id=run_id, streams=streams, skip=skip, start_after=start_after, seq_offsets=offsets)
+
+
+def _maybe_sent(plan: _Plan) -> Callable[[Change], bool]:
+    """In a resumed run: could this change have reached the CRM before the last process died?
+
+    Everything at or below a file stream's checkpoint had its outcome committed; anything above it, and
+    any row of a database stream, may have been in flight.
+    """
+
+    def check(change: Change) -> bool:
+        return change.stream not in plan.skip or change.seq > plan.start_after.get(change.stream, 0)
+
+    return check
 
 
 async def _credits_left(budget: int | None, ledger: SqliteLedger | None) -> int | None:
@@ -364,12 +387,42 @@ def _check_sources(streams: Sequence[StreamConfig]) -> None:
             raise SourceError(str(path), f"stream {stream.name!r}: no such file")
 
 
-def _rows(stream: StreamConfig, ledger: SqliteLedger, options: RunOptions, plan: _Plan) -> AsyncIterator[Row]:
+async def _rows(
+    stream: StreamConfig, ledger: SqliteLedger, options: RunOptions, plan: _Plan
+) -> AsyncIterator[Row | object]:
+    """The rows a stream reads in this run: a file, a table after its stored position, or a re-drive's."""
+    source = stream.source
     if options.redrive is not None:
         redrive = options.redrive
-        return ledger_rows(ledger, redrive.run_id, stream.name, statuses=redrive.statuses, codes=redrive.codes)
-    # Resumed: rows at or below the checkpoint all have their outcome; the reader skips them unparsed.
-    return open_reader(stream.source, start_after=plan.start_after.get(stream.name, 0))
+        rows = ledger_rows(ledger, redrive.run_id, stream.name, statuses=redrive.statuses, codes=redrive.codes)
+        async for redriven in rows:
+            yield redriven
+        return
+    if isinstance(source, SourceConfig):
+        if options.watch is not None:
+            async for item in follow_file(source, interval=options.watch):
+                yield item
+            return
+        # Resumed: rows at or below the checkpoint all have their outcome; the reader skips them unparsed.
+        async with open_reader(source, start_after=plan.start_after.get(stream.name, 0)) as reader:
+            async for file_row in reader:
+                yield file_row
+        return
+    stored = await ledger.source_position(stream.name)
+    since = (stored[0], stored[1]) if isinstance(stored, list) and len(stored) == 2 else None
+    environ = options.environ
+
+    def table(after: Position | None) -> Reader:
+        return open_reader(source, since=after, environ=environ)
+
+    if options.watch is not None:
+        async for item in follow_table(table, since=since, interval=options.watch):
+            yield item
+        return
+    offset = plan.seq_offsets.get(stream.name, 0)
+    async with open_reader(source, since=since, environ=environ) as reader:
+        async for row in reader:
+            yield replace(row, seq=row.seq + offset) if offset else row
 
 
 def selected_sources(config: Config, names: Sequence[str]) -> list[Path]:

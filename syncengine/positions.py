@@ -16,7 +16,7 @@ from pathlib import Path
 
 from syncengine.config import SourceConfig
 from syncengine.ledger import SqliteLedger, Watermark
-from syncengine.model import Outcome, Status
+from syncengine.model import JSON, Outcome, Status
 from syncengine.readers import SourceRow
 
 __all__ = ["Checkpoints", "fingerprint", "ledger_rows"]
@@ -47,6 +47,9 @@ class Checkpoints:
         self._starts = dict(starts)
         self._marks: dict[str, Watermark] = {}
         self._written: dict[str, int] = {}
+        # Database streams: seq -> (cursor, key) of rows read and not yet below the watermark.
+        self._places: dict[str, dict[int, JSON]] = {}
+        self._moved: dict[str, JSON] = {}
 
     def mark(self, stream: str) -> Watermark:
         mark = self._marks.get(stream)
@@ -54,8 +57,10 @@ class Checkpoints:
             mark = self._marks[stream] = Watermark(self._starts.get(stream))
         return mark
 
-    def seen(self, stream: str, seq: int) -> None:
+    def seen(self, stream: str, seq: int, position: JSON = None) -> None:
         self.mark(stream).seen(seq)
+        if position is not None:
+            self._places.setdefault(stream, {})[seq] = position
 
     def __call__(self, batch: Sequence[Outcome]) -> dict[str, int]:
         """The batch is about to be committed: the checkpoints it moves, to commit with it."""
@@ -68,6 +73,22 @@ class Checkpoints:
             value = self._marks[stream].value
             if value is not None and value != self._written.get(stream):
                 moved[stream] = self._written[stream] = value
+                self._advance_position(stream, value)
+        return moved
+
+    def _advance_position(self, stream: str, watermark: int) -> None:
+        # The stored position is that of the highest row at or below the watermark: every row up to it
+        # is terminal. Rows re-read in the lag window carry no position and never move it back.
+        places = self._places.get(stream)
+        while places:
+            seq = next(iter(places))
+            if seq > watermark:
+                break
+            self._moved[stream] = places.pop(seq)
+
+    def positions(self) -> dict[str, JSON]:
+        """Database positions moved since the last call: committed with the batch that moved them."""
+        moved, self._moved = self._moved, {}
         return moved
 
 

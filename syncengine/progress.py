@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +28,26 @@ class RunProgress:
     total: int | None = None  # estimated number of input changes, for the ETA
     read: Counter[str] = field(default_factory=Counter)  # per stream
     done: Counter[Status] = field(default_factory=Counter)
+    codes: Counter[tuple[str, Status, str]] = field(default_factory=Counter)  # (stream, status, code)
     started: float = field(default_factory=time.monotonic)
+    # When each change not yet terminal was read, oldest first (outcomes come back roughly in read
+    # order): the lag gauge. Bounded by what the pipeline holds.
+    _read_at: deque[float] = field(default_factory=deque)
 
     def on_read(self, stream: str) -> None:
         self.read[stream] += 1
+        self._read_at.append(time.monotonic())
 
     def on_flush(self, outcomes: Sequence[Outcome]) -> None:
         for outcome in outcomes:
             self.done[outcome.status] += 1
+            self.codes[(outcome.change.stream, outcome.status, outcome.code or "")] += 1
+        for _ in range(min(len(outcomes), len(self._read_at))):
+            self._read_at.popleft()
+
+    def lag(self) -> float:
+        """Seconds the oldest change read and not yet terminal has waited (0 when caught up)."""
+        return time.monotonic() - self._read_at[0] if self._read_at else 0.0
 
     @property
     def finished(self) -> int:

@@ -251,6 +251,8 @@ class Worker:
         on_halt: Callable[[StreamHalted], Awaitable[None]],
         on_stop: RunStop,
         dry_run_out: IO[bytes] | None = None,
+        persistent: bool = False,
+        maybe_sent: Callable[[Change], bool] | None = None,
     ) -> None:
         self._sender = sender
         self._batcher = batcher
@@ -261,6 +263,9 @@ class Worker:
         self._on_halt = on_halt
         self._on_stop = on_stop
         self._dry_run_out = dry_run_out
+        self._persistent = persistent  # watch: outages are waited out, never the end of the run
+        # A resumed run re-sends what was in flight when the last process died: it may have been applied.
+        self._maybe_sent = maybe_sent
 
     async def run(self) -> None:
         while (payload := await self._batcher.get()) is not None:
@@ -288,7 +293,7 @@ class Worker:
             )
             return
         try:
-            await self._send(payload, payload.items, started, book)
+            await self._send_through_outages(payload, started, book)
         except StreamHalted as halted:
             await self._emit(
                 book.open_items(payload.items),
@@ -303,6 +308,22 @@ class Worker:
         except (BudgetReached, CreditsExhausted, CrmUnavailable, AuthError, SecretsError, TransportError) as stop:
             # The records without an outcome stay pending: a resumed run sends them.
             self._on_stop(stop)
+
+    async def _send_through_outages(self, payload: Payload, started: float, book: _Ledger) -> None:
+        """A one-off run stops on an outage; a watch waits it out and sends the same records again."""
+        outages = 0
+        while True:
+            try:
+                await self._send(payload, book.open_items(payload.items), started, book)
+                return
+            except (CrmUnavailable, CreditsExhausted) as outage:
+                if not self._persistent:
+                    raise
+                outages += 1
+                cap = 300.0 if isinstance(outage, CreditsExhausted) else 60.0
+                wait = random.uniform(0.5, 1.0) * min(cap, 2.0**outages)
+                log.warning("syncengine.outage_waiting", reason=str(outage), wait_s=round(wait, 1))
+                await anyio.sleep(wait)
 
     async def _send(self, payload: Payload, items: Sequence[PayloadItem], started: float, book: _Ledger) -> None:
         pending = list(items)
@@ -355,7 +376,11 @@ class Worker:
                 status, code, message, note = Status.REJECTED, record.code, record.message, None
                 if record.success:
                     status = Status.SUCCESS
-                elif ambiguous and payload.target.operation is Operation.DELETE_RELATED and relation_not_found(record):
+                elif (
+                    payload.target.operation is Operation.DELETE_RELATED
+                    and relation_not_found(record)
+                    and (ambiguous or (self._maybe_sent is not None and self._maybe_sent(item.changes[0])))
+                ):
                     # A delink retried after a drop that may have been applied: it was.
                     status, code, message = Status.SUCCESS, "SUCCESS", "relation removed"
                     note = "ambiguous retry: an earlier try had already removed the relation"

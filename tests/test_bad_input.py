@@ -95,8 +95,11 @@ LEAD_LINES: list[tuple[bytes, Status | None, str | None]] = [
     (b'{"id": "' + L[2].encode() + b'", "last_name": null}', Status.REJECTED, "MANDATORY_NOT_FOUND"),
     (b'{"id": "' + L[3].encode() + b'", "opt_out": "maybe"}', Status.REJECTED, "INVALID_DATA"),  # not a boolean
     (b'{"id": "' + L[4].encode() + b'", "company": "Caf\xe9"}', Status.INVALID, "BAD_ROW"),  # not UTF-8
-    (b'{"id": "' + L[5].encode() + b'", "company": "Five", "unmapped": 1, "nested": {"a": [1]}}', Status.SUCCESS,
-     "SUCCESS"),  # fmt: skip
+    (
+        b'{"id": "' + L[5].encode() + b'", "company": "Five", "unmapped": 1, "nested": {"a": [1]}}',
+        Status.SUCCESS,
+        "SUCCESS",
+    ),  # fmt: skip
     (b'{"id": 111111000009999999, "company": "ghost"}', Status.REJECTED, "INVALID_DATA"),  # an int id, unknown
     (b'{"id": "' + L[6].encode() + b'", "company": "Six", "revenue": 12.5}', Status.SUCCESS, "SUCCESS"),
     (b'{"id": "' + L[7].encode() + b'", "company": ', Status.INVALID, "BAD_ROW"),  # truncated line
@@ -134,9 +137,7 @@ def _streams(tmp_path: Path, ids: Mapping[str, str]) -> tuple[list[dict[str, Any
 
     leads = tmp_path / "leads.jsonl"
     leads.write_bytes(b"\n".join(line for line, _, _ in LEAD_LINES) + b"\n")
-    expected |= {
-        ("leads", seq): (st, code) for seq, (_, st, code) in enumerate(LEAD_LINES, start=1) if st and code
-    }
+    expected |= {("leads", seq): (st, code) for seq, (_, st, code) in enumerate(LEAD_LINES, start=1) if st and code}
 
     # Related records by record id: one parent that does not exist (404), one row with no parent at all.
     missing_deal = "111111000009999998"
@@ -386,9 +387,7 @@ async def cli(*args: object, cwd: Path, preexec_fn: Callable[[], None] | None = 
 
 
 def contacts_config(tmp_path: Path, url: str, rows: int, *, ledger: str = "ledger.db", **extra: Any) -> Path:
-    src = write_csv(
-        tmp_path / "c.csv", ["erp_id", "last_name"], [[f"C{i}", f"New{i}-{'x' * 40}"] for i in range(rows)]
-    )
+    src = write_csv(tmp_path / "c.csv", ["erp_id", "last_name"], [[f"C{i}", f"New{i}-{'x' * 40}"] for i in range(rows)])
     stream = {
         "name": "contacts",
         "operation": "update",
@@ -411,7 +410,11 @@ def test_a_config_with_many_mistakes_reports_them_one_at_a_time(tmp_path: Path) 
         ("concurrency = 99", "concurrency = 5", "crm.concurrency: an integer from 1 to 25, got 99"),
         ('path = ["ledger.db"]', 'path = "ledger.db"', "ledger.path: a non-empty string naming a file"),
         ('operation = "updat"', 'operation = "update"', "streams[0] (contacts).operation: one of 'update'"),
-        ('match = { colum = "erp_id" }', 'match = { column = "erp_id" }', "streams[1] (leads).match.colum: unknown key 'colum'"),
+        (
+            'match = { colum = "erp_id" }',
+            'match = { column = "erp_id" }',
+            "streams[1] (leads).match.colum: unknown key 'colum'",
+        ),
     ]
     text = "\n".join(
         [
@@ -529,7 +532,9 @@ def _fill_the_disk_at(limit: int) -> None:
 async def test_a_full_disk_stops_the_run_and_resume_finishes_it(tmp_path: Path, sandbox: Sandbox) -> None:
     """The ledger cannot grow mid-run: exit 2 naming it, committed outcomes kept, and --resume finishes the run."""
     n = 5000
-    sandbox.state.load({"records": {"Contacts": [{"External_Contact_ID": f"C{i}", "Last_Name": "L"} for i in range(n)]}})
+    sandbox.state.load(
+        {"records": {"Contacts": [{"External_Contact_ID": f"C{i}", "Last_Name": "L"} for i in range(n)]}}
+    )
     contacts_config(tmp_path, sandbox.url, n, batch_size=50)
     ledger = tmp_path / "ledger.db"
     async with SqliteLedger(ledger):

@@ -487,4 +487,4 @@ async def test_an_outage_stops_the_run_instead_of_failing_every_record(tmp_path:
         result = await run(config, policy=policy)
         s = result.summary
         assert s.state == "paused" and result.stopped and "unavailable" in result.stopped and not result.fatal
-        assert s.adds_up and s.failed <= 10 * 5 and s.pending >= 2000 - 10 * 5
+        assert s.adds_up and s.failed <= 10 * 5 and s.pending == s.read - s.failed  # not every record FAILED

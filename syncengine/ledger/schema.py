@@ -22,7 +22,7 @@ from typing import Final
 
 __all__ = ["SCHEMA_VERSION", "NewerSchema", "migrate"]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 _V1: Final = """
 CREATE TABLE runs (
@@ -101,8 +101,18 @@ CREATE TABLE credits (
 CREATE INDEX credits_at ON credits (at);
 """
 
+# Incremental database sources: per stream, the (cursor, key) position up to which every row read has a
+# terminal outcome; the next run (or watch) reads after it. Written with the outcomes that advance it.
+_V4: Final = """
+CREATE TABLE positions (
+    stream     TEXT PRIMARY KEY,
+    position   TEXT NOT NULL,                   -- JSON [cursor, key]
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
 # Each entry takes the schema from version i to i + 1.
-_MIGRATIONS: Final = (_V1, _V2, _V3)
+_MIGRATIONS: Final = (_V1, _V2, _V3, _V4)
 
 
 class NewerSchema(Exception):

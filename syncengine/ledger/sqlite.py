@@ -340,6 +340,7 @@ class SqliteLedger:
         *,
         credits: int = 0,
         remember: bool = True,
+        positions: Mapping[str, JSON] | None = None,
     ) -> None:
         """Write a batch of terminal outcomes, and the checkpoints they cover, in one transaction.
 
@@ -353,7 +354,7 @@ class SqliteLedger:
                     f"the ledger records terminal outcomes only: {outcome.change.stream!r} seq "
                     f"{outcome.change.seq} is {outcome.status.value}"
                 )
-        if not outcomes and not checkpoints and not credits:
+        if not outcomes and not checkpoints and not credits and not positions:
             return
 
         def append() -> None:
@@ -399,6 +400,26 @@ class SqliteLedger:
             return found
 
         return await self._run(f"cannot read the digests of stream {stream!r}", load)
+
+    async def source_position(self, stream: str) -> JSON:
+        """Where a database stream's next read starts (its stored ``[cursor, key]``), or None."""
+
+        def load() -> JSON:
+            row = self._connection().execute("SELECT position FROM positions WHERE stream = ?", (stream,)).fetchone()
+            return None if row is None else orjson.loads(row[0])
+
+        return await self._run(f"cannot read the position of stream {stream!r}", load)
+
+    async def max_seq(self, run_id: int, stream: str) -> int:
+        """The highest seq recorded for a stream in a run (0 if none)."""
+
+        def load() -> int:
+            row = self._connection().execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM outcomes WHERE run_id = ? AND stream = ?", (run_id, stream)
+            )
+            return int(row.fetchone()[0])
+
+        return await self._run(f"cannot read run {run_id}", load)
 
     async def credits_since(self, since: float) -> int:
         """Credits spent by every run since ``since`` (epoch seconds): a rolling budget's spending."""

@@ -8,7 +8,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from syncengine.ledger.sqlite import SqliteLedger
-from syncengine.model import Outcome
+from syncengine.model import JSON, Outcome
 
 __all__ = ["LedgerWriter"]
 
@@ -34,6 +34,7 @@ class LedgerWriter:
         checkpoints: Callable[[Sequence[Outcome]], Mapping[str, int] | None] | None = None,
         credits: Callable[[], int] | None = None,
         remember: bool = True,
+        positions: Callable[[], Mapping[str, JSON]] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -47,6 +48,7 @@ class LedgerWriter:
         self._checkpoints = checkpoints
         self._credits = credits  # credits spent since the last call: recorded with the batch
         self._remember = remember  # record SUCCESS digests for skip-unchanged
+        self._positions = positions  # database streams' positions moved by the batch (after checkpoints)
         self.written = 0  # outcomes committed so far
         self.flushes = 0  # transactions committed so far
 
@@ -107,7 +109,10 @@ class LedgerWriter:
             return
         positions = self._checkpoints(batch) if self._checkpoints is not None else None
         spent = self._credits() if self._credits is not None else 0
-        await self._ledger.append(self._run_id, batch, positions or None, credits=spent, remember=self._remember)
+        moved = self._positions() if self._positions is not None else None
+        await self._ledger.append(
+            self._run_id, batch, positions or None, credits=spent, remember=self._remember, positions=moved or None
+        )
         self.written += len(batch)
         self.flushes += 1
         if self._on_flush is not None:
