@@ -58,6 +58,7 @@ class Batcher:
         self._inputs = 0
         self._halted: set[str] = set()
         self._stopped = False
+        self.stopping = anyio.Event()  # set by stop(): waits that should end with the run can watch it
         self._changed = anyio.Event()
 
     # -- inputs -----------------------------------------------------------------------------------
@@ -136,6 +137,7 @@ class Batcher:
     def stop(self) -> None:
         """Stop handing out payloads and taking changes: what is held stays pending, for a resumed run."""
         self._stopped = True
+        self.stopping.set()
         self._notify()
 
     @property

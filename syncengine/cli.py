@@ -88,11 +88,44 @@ def run(
     resume_run = _guard(lambda: anyio.run(_resumable, config)) if resume and not dry_run else None
     if resume and resume_run is None and not dry_run:
         click.echo("Nothing to resume: the last run of this config completed. Starting a new run.", err=True)
-    options = RunOptions(streams=streams, dry_run_path=out, resume=resume_run, full=full)
+    options = RunOptions(streams=streams, dry_run_path=out, resume=resume_run, full=full, environ=dict(os.environ))
     code = execute(config, secrets, options)
     if out is not None:
         click.echo(f"Would-be requests: {out}")
     sys.exit(code)
+
+
+@cli.command()
+@click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--stream", "streams", multiple=True, help="Follow only this stream (repeatable).")
+@click.option(
+    "--interval",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds between polls of each source once it is caught up.",
+)
+@click.option(
+    "--metrics-port",
+    default=9108,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Serve /metrics (Prometheus) and /healthz on this port (0: any free port).",
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Interface for the metrics server.")
+def watch(config_file: Path, streams: tuple[str, ...], interval: float, metrics_port: int, metrics_host: str) -> None:
+    """Follow every stream of CONFIG_FILE continuously until SIGTERM or Ctrl-C.
+
+    Database sources are read incrementally from their stored position (cursor, key), which advances only
+    when every change at or below it has an outcome; file sources are read again whenever the file
+    changes (unchanged rows are skipped). CRM outages are waited out, never a reason to stop.
+    """
+    config = _load(config_file)
+    for name in streams:
+        _guard(functools.partial(config.stream, name))
+    secrets = _guard(lambda: load_secrets(config.crm, os.environ))
+    options = RunOptions(streams=streams, watch=interval, environ=dict(os.environ))
+    sys.exit(execute(config, secrets, options, metrics=(metrics_host, metrics_port)))
 
 
 @cli.command()
@@ -108,7 +141,7 @@ def resume(run_id: int, config_file: Path | None) -> None:
     """Continue RUN_ID after a crash, a kill or a stop: changes that already have an outcome are skipped."""
     config = _run_config(run_id, config_file)
     secrets = _guard(lambda: load_secrets(config.crm, os.environ))
-    sys.exit(execute(config, secrets, RunOptions(resume=run_id)))
+    sys.exit(execute(config, secrets, RunOptions(resume=run_id, environ=dict(os.environ))))
 
 
 @cli.command()
@@ -132,7 +165,7 @@ def retry(run_id: int, config_file: Path | None, codes: str | None, streams: tup
     config = _run_config(run_id, config_file)
     secrets = _guard(lambda: load_secrets(config.crm, os.environ))
     wanted = frozenset(c.strip() for c in codes.split(",") if c.strip()) if codes else None
-    options = RunOptions(streams=streams, redrive=Redrive(run_id=run_id, codes=wanted))
+    options = RunOptions(streams=streams, redrive=Redrive(run_id=run_id, codes=wanted), environ=dict(os.environ))
     sys.exit(execute(config, secrets, options))
 
 
@@ -156,11 +189,13 @@ def _run_config(run_id: int, config_file: Path | None) -> Config:
     return _load(Path(_guard(lambda: anyio.run(find))))
 
 
-def execute(config: Config, secrets: Secrets | None, options: RunOptions) -> int:
+def execute(
+    config: Config, secrets: Secrets | None, options: RunOptions, *, metrics: tuple[str, int] | None = None
+) -> int:
     """Run with progress and the summary on the terminal; return the exit code."""
     console = _console()
     try:
-        result = anyio.run(run_with_progress, config, secrets, options, console)
+        result = anyio.run(functools.partial(run_with_progress, config, secrets, options, console, metrics=metrics))
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted.[/] Outcomes written so far are in the ledger.")
         return EXIT_INTERRUPTED

@@ -32,6 +32,7 @@ from syncengine.follow import follow_file, follow_table
 from syncengine.intake import Intake
 from syncengine.ledger import LedgerWriter, RunSummary, SeqSet, SqliteLedger
 from syncengine.limits import CreditMeter, Limits
+from syncengine.metrics import Telemetry
 from syncengine.model import Change, Outcome, Status
 from syncengine.positions import Checkpoints, fingerprint, ledger_rows
 from syncengine.progress import RunProgress
@@ -83,6 +84,7 @@ class RunResult:
     throttled: int
     refreshes: int
     max_in_flight: int
+    watched: bool = False  # a watch (stopped on request, as a watch is meant to be)
     planned_calls: int = 0  # dry run: calls it would make
     planned_credits: int = 0  # dry run: credits they would cost
     credits_left: int | None = None  # of the daily budget, when one is set, at the start of the run
@@ -121,6 +123,7 @@ async def run_sync(
     options: RunOptions,
     progress: RunProgress | None = None,
     control: RunControl | None = None,
+    telemetry: Telemetry | None = None,
 ) -> RunResult:
     """One run of the selected streams. Returns once every change read has its outcome in the ledger."""
     progress = progress or RunProgress()
@@ -162,12 +165,14 @@ async def run_sync(
             requests_per_second=crm.requests_per_second,
         )
         credits = CreditMeter(await _credits_left(crm.credit_budget, history))
+        # A watch never gives records up to an outage: it waits the outage out and sends them again.
+        policy = replace(options.policy, outage_give_ups=1) if options.watch is not None else options.policy
         sender = Sender(
             request=transport.request,
             tokens=tokens,
             limits=limits,
             credits=credits,
-            policy=options.policy,
+            policy=policy,
             stats=stats,
         )
         batcher = Batcher(max_buffered=options.max_buffered)
@@ -180,8 +185,19 @@ async def run_sync(
             resumed=options.resume is not None,
             retry_of=options.redrive.run_id if options.redrive else None,
         )
+        if telemetry is not None:
+            telemetry.progress, telemetry.stats, telemetry.limits = progress, stats, limits
+            telemetry.refreshes = (lambda: tokens.refreshes) if tokens is not None else (lambda: 0)
+            telemetry.run_id, telemetry.state = run_id, "running"
         send, receive = anyio.create_memory_object_stream[Outcome](options.outcome_buffer)
-        writer = LedgerWriter(ledger, run_id, on_flush=progress.on_flush, checkpoints=checkpoints, credits=credits.take)
+        writer = LedgerWriter(
+            ledger,
+            run_id,
+            on_flush=progress.on_flush,
+            checkpoints=checkpoints,
+            credits=credits.take,
+            positions=checkpoints.positions,
+        )
 
         def on_stop(reason: Exception) -> None:
             nonlocal stopped, fatal
@@ -205,6 +221,19 @@ async def run_sync(
             for change in batcher.halt(error.stream):
                 await send.send(failed_outcome(change, code=error.code, message=error.message, note=note))
 
+        def _intake(stream: StreamConfig) -> Intake:
+            return Intake(
+                stream,
+                batcher=batcher,
+                outcomes=send.clone(),
+                progress=progress,
+                checkpoints=checkpoints,
+                skip=plan.skip.get(stream.name),
+                digests=None if options.full else history,
+                halt=halt,
+                on_source_error=on_source_error,
+            )
+
         async def halt(stream: str, code: str, message: str) -> None:
             await on_halt(StreamHalted(stream, code, message))
 
@@ -225,25 +254,25 @@ async def run_sync(
                 tg.start_soon(writer.run, receive)
                 async with send, anyio.create_task_group() as stages:
                     stages.start_soon(on_request, stages.cancel_scope)
+                    # Readers hold nothing in flight: a stop cancels them at once (a quiet source may be
+                    # sleeping between polls), while workers finish their calls.
+                    readers = anyio.CancelScope()
+                    stages.start_soon(_cancel_on, batcher.stopping, readers)
                     async with anyio.create_task_group() as work:
+
+                        async def read_all() -> None:
+                            with readers:
+                                async with anyio.create_task_group() as intakes:
+                                    for stream in plan.streams:
+                                        intakes.start_soon(_intake(stream).run, _rows(stream, ledger, options, plan))
+
                         for stream in plan.streams:
                             batcher.open_input()
                             if stream.name in plan.skip:
                                 progress.read[stream.name] += plan.skip[stream.name].count_upto(
                                     plan.start_after.get(stream.name, 0)
                                 )
-                            intake = Intake(
-                                stream,
-                                batcher=batcher,
-                                outcomes=send.clone(),
-                                progress=progress,
-                                checkpoints=checkpoints,
-                                skip=plan.skip.get(stream.name),
-                                digests=None if options.full else history,
-                                halt=halt,
-                                on_source_error=on_source_error,
-                            )
-                            work.start_soon(intake.run, _rows(stream, ledger, options, plan))
+                        work.start_soon(read_all)
                         for _ in range(crm.concurrency):
                             worker = Worker(
                                 sender=sender,
@@ -251,7 +280,7 @@ async def run_sync(
                                 outcomes=send,
                                 api_base=crm.api_base,
                                 trigger=crm.trigger,
-                                policy=options.policy,
+                                policy=policy,
                                 on_halt=on_halt,
                                 on_stop=on_stop,
                                 dry_run_out=dry_out,
@@ -270,6 +299,8 @@ async def run_sync(
             # Ctrl-C or a crash still closes the run in the ledger with what was committed.
             with anyio.CancelScope(shield=True):
                 summary = await ledger.finish_run(run_id, state=state, read=dict(progress.read))
+            if telemetry is not None:
+                telemetry.state = state
     elapsed = time.monotonic() - started
     log.info(
         "syncengine.run_finished",
@@ -297,6 +328,7 @@ async def run_sync(
         throttled=stats.throttled,
         refreshes=tokens.refreshes if tokens is not None else 0,
         max_in_flight=limits.general.max_in_flight,
+        watched=options.watch is not None,
         planned_calls=stats.planned_calls,
         planned_credits=stats.planned_credits,
         credits_left=credits.budget,
@@ -352,6 +384,12 @@ async def _plan(config: Config, ledger: SqliteLedger, options: RunOptions, dry_r
         "syncengine.run_resuming", run_id=run_id, done={k: len(v) for k, v in skip.items()}, checkpoints=start_after
     )
     return _Plan(run_id=run_id, streams=streams, skip=skip, start_after=start_after, seq_offsets=offsets)
+
+
+async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    """Cancel ``scope`` when ``event`` is set (the task is cancelled with its group when the work is done)."""
+    await event.wait()
+    scope.cancel()
 
 
 def _maybe_sent(plan: _Plan) -> Callable[[Change], bool]:

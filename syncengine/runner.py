@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import signal
+from contextlib import AsyncExitStack
 
 import anyio
 from rich.console import Console
 
 from syncengine.config import Config, Secrets
 from syncengine.ledger import render_summary
+from syncengine.metrics import Telemetry, serve_metrics
 from syncengine.pipeline import RunControl, RunOptions, RunResult, run_sync, selected_sources
 from syncengine.progress import RunProgress, count_lines, show_progress
 
@@ -18,23 +20,42 @@ EXIT_OK, EXIT_NOT_ALL_SUCCESS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 async def run_with_progress(
-    config: Config, secrets: Secrets | None, options: RunOptions, console: Console
+    config: Config,
+    secrets: Secrets | None,
+    options: RunOptions,
+    console: Console,
+    *,
+    metrics: tuple[str, int] | None = None,
 ) -> RunResult:
-    """Run while showing progress; print the summary that adds up, and what stopped the run early."""
-    total = await anyio.to_thread.run_sync(count_lines, selected_sources(config, options.streams))
+    """Run while showing progress; print the summary that adds up, and what stopped the run early.
+
+    ``metrics``: (host, port) to serve /healthz and /metrics on while the run lasts (a watch).
+    """
+    total = (
+        None
+        if options.watch
+        else await anyio.to_thread.run_sync(count_lines, selected_sources(config, options.streams))
+    )
     progress = RunProgress(total=total or None)
     control = RunControl()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(show_progress, progress, console)
-        tg.start_soon(_stop_on_signals, control, console)
-        result = await run_sync(config, secrets, options=options, progress=progress, control=control)
-        tg.cancel_scope.cancel()
+    telemetry = Telemetry()
+    async with AsyncExitStack() as stack:
+        if metrics is not None:
+            url = await stack.enter_async_context(serve_metrics(telemetry, host=metrics[0], port=metrics[1]))
+            console.print(f"Metrics at {url}/metrics, health at {url}/healthz", highlight=False)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(show_progress, progress, console)
+            tg.start_soon(_stop_on_signals, control, console)
+            result = await run_sync(
+                config, secrets, options=options, progress=progress, control=control, telemetry=telemetry
+            )
+            tg.cancel_scope.cancel()
     render_summary(result.summary, console)
     for message in result.halted:
         console.print(f"[red]stream halted[/] {message}")
     if result.stopped:
         console.print(f"[yellow]stopped early:[/] {result.stopped}")
-    if result.summary.pending:
+    if result.summary.pending and not options.watch:
         console.print(
             f"[yellow]{result.summary.pending:,} changes pending.[/] Resume with "
             f"`syncengine resume {result.summary.run_id} -c {config.file}` "
@@ -82,6 +103,6 @@ def exit_code(result: RunResult) -> int:
     if result.fatal:
         return EXIT_USAGE
     if result.interrupted:
-        return EXIT_INTERRUPTED
+        return EXIT_OK if result.watched else EXIT_INTERRUPTED  # SIGTERM is how a watch is meant to stop
     s = result.summary
     return EXIT_OK if s.rejected + s.failed + s.invalid + s.pending == 0 else EXIT_NOT_ALL_SUCCESS

@@ -323,7 +323,10 @@ class Worker:
                 cap = 300.0 if isinstance(outage, CreditsExhausted) else 60.0
                 wait = random.uniform(0.5, 1.0) * min(cap, 2.0**outages)
                 log.warning("syncengine.outage_waiting", reason=str(outage), wait_s=round(wait, 1))
-                await anyio.sleep(wait)
+                with anyio.move_on_after(wait):
+                    await self._batcher.stopping.wait()
+                if self._batcher.stopped:
+                    return  # stopping: what has no outcome stays pending, for the next run
 
     async def _send(self, payload: Payload, items: Sequence[PayloadItem], started: float, book: _Ledger) -> None:
         pending = list(items)
