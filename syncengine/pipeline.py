@@ -206,7 +206,8 @@ async def run_sync(
                 fatal = isinstance(reason, AuthError | SecretsError) or (
                     isinstance(reason, TransportError) and not reason.retryable
                 )
-                log.error("syncengine.run_stopping", reason=stopped, cause=type(reason).__name__)
+                level = log.info if control.stop_requested.is_set() else log.error
+                level("syncengine.run_stopping", reason=stopped, cause=type(reason).__name__)
             batcher.stop()
 
         halted_streams: set[str] = set()
@@ -243,7 +244,7 @@ async def run_sync(
 
         async def on_request(stages: anyio.CancelScope) -> None:
             await control.stop_requested.wait()
-            on_stop(SyncError("stopped on request: calls in flight finish, the rest stays pending"))
+            on_stop(SyncError("stopped on request (calls in flight finish, the rest stays pending)"))
             with anyio.move_on_after(options.stop_timeout):
                 await control.abort_requested.wait()
             stages.cancel()  # a second request, or the calls in flight took too long

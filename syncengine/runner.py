@@ -54,7 +54,7 @@ async def run_with_progress(
     for message in result.halted:
         console.print(f"[red]stream halted[/] {message}")
     if result.stopped:
-        console.print(f"[yellow]stopped early:[/] {result.stopped}")
+        console.print(f"[yellow]Stopped:[/] {result.stopped}")
     if result.summary.pending and not options.watch:
         console.print(
             f"[yellow]{result.summary.pending:,} changes pending.[/] Resume with "

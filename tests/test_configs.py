@@ -77,8 +77,9 @@ def test_backfill_settings() -> None:
 
 
 def test_continuous_sync_settings() -> None:
-    """Continuous sync: a small linger for low lag, and related-record streams (link and delink)."""
+    """Continuous sync: tables followed by a cursor, a small linger, relation deletes with a guardrail."""
     config = _load("continuous-sync.toml")
     assert all(s.linger <= 0.1 for s in config.streams)
-    operations = {s.target.operation for s in config.streams}
-    assert {Operation.UPDATE_RELATED, Operation.DELETE_RELATED} <= operations
+    assert all(getattr(s.source, "cursor", None) for s in config.streams)
+    related = [s for s in config.streams if s.target.operation is Operation.UPDATE_RELATED]
+    assert related and all(s.delete_when is not None and s.max_deletes for s in related)

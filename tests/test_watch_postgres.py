@@ -61,9 +61,21 @@ async def start_watch(config: Path, dsn: str, log: Path) -> tuple[Process, str]:
     env = {**os.environ, **CREDENTIALS, "ERP_DSN": dsn}
     handle = log.open("wb")
     process = await anyio.open_process(
-        [sys.executable, "-m", "syncengine", "--json-logs", "watch", str(config), "--interval", "0.2",
-         "--metrics-port", "0"],
-        env=env, stdout=handle, stderr=handle,
+        [
+            sys.executable,
+            "-m",
+            "syncengine",
+            "--json-logs",
+            "watch",
+            str(config),
+            "--interval",
+            "0.2",
+            "--metrics-port",
+            "0",
+        ],
+        env=env,
+        stdout=handle,
+        stderr=handle,
     )
     with anyio.fail_after(30):
         while not (found := re.search(rb"Metrics at (http://[0-9.:]+)/metrics", log.read_bytes())):
@@ -78,7 +90,9 @@ async def stop(process: Process) -> int:
 
 
 async def test_watch_process_follows_postgres_through_an_outage_and_a_restart(
-    tmp_path: Path, sandbox: Sandbox, postgres_database: str  # noqa: F811
+    tmp_path: Path,
+    sandbox: Sandbox,
+    postgres_database: str,  # noqa: F811
 ) -> None:
     """Inserts, updates and deletes in PostgreSQL reach the CRM within seconds, across an outage and a restart."""
     seed(sandbox)
@@ -99,8 +113,15 @@ async def test_watch_process_follows_postgres_through_an_outage_and_a_restart(
         "related_list": "Contacts",
         "parent": {"column": "deal", "field": "External_Deal_ID"},
         "match": {"column": "contact", "field": "External_Contact_ID"},
-        "source": {"kind": "postgres", "dsn_env": "ERP_DSN", "table": "deal_contacts", "key": "id",
-                   "cursor": "updated_at", "page_size": 7, "lag_seconds": 1},
+        "source": {
+            "kind": "postgres",
+            "dsn_env": "ERP_DSN",
+            "table": "deal_contacts",
+            "key": "id",
+            "cursor": "updated_at",
+            "page_size": 7,
+            "lag_seconds": 1,
+        },
         "fields": {"Contact_Role": "role"},
         "delete_when": {"column": "deleted", "values": ["true"]},
         "linger_ms": 20,
@@ -128,7 +149,9 @@ async def test_watch_process_follows_postgres_through_an_outage_and_a_restart(
         deal = str(sandbox.state.find_id("Deals", "External_Deal_ID", "D0"))
         contact = str(sandbox.state.find_id("Contacts", "External_Contact_ID", "C20"))
         assert sandbox.state.related("Deals", deal, "Contacts")[contact]["Contact_Role"] in (
-            "111111000000026003", {"id": "111111000000026003"})
+            "111111000000026003",
+            {"id": "111111000000026003"},
+        )
 
         def get(path: str) -> str:
             with urllib.request.urlopen(metrics + path, timeout=5) as response:
