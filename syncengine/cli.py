@@ -40,6 +40,23 @@ def _fail(message: str, code: int = EXIT_USAGE) -> None:
     sys.exit(code)
 
 
+def _ledger_options(command: Callable[..., None]) -> Callable[..., None]:
+    """-c CONFIG / --ledger FILE: which ledger a reading command reads."""
+    command = click.option(
+        "--ledger",
+        "ledger_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Ledger file to read (default: the config's, or ./syncengine.db).",
+    )(command)
+    return click.option(
+        "-c",
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Config whose ledger to read.",
+    )(command)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--json-logs/--no-json-logs", default=None, help="Force JSON logs (default: JSON unless on a terminal).")
 @click.version_option(package_name="syncengine")
@@ -211,19 +228,7 @@ def execute(
 
 @cli.command()
 @click.argument("run_id", required=False, type=int)
-@click.option(
-    "-c",
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Config whose ledger to read.",
-)
-@click.option(
-    "--ledger",
-    "ledger_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Ledger file to read (default: the config's, or ./syncengine.db).",
-)
+@_ledger_options
 @click.option(
     "--status",
     "statuses",
@@ -285,19 +290,7 @@ def report(
 
 
 @cli.command()
-@click.option(
-    "-c",
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Config whose ledger to read.",
-)
-@click.option(
-    "--ledger",
-    "ledger_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Ledger file to read (default: the config's, or ./syncengine.db).",
-)
+@_ledger_options
 @click.option("-n", "--limit", default=20, show_default=True, help="How many runs to list.")
 def runs(config_file: Path | None, ledger_path: Path | None, limit: int) -> None:
     """The history of runs with their counts."""
