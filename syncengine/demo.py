@@ -195,6 +195,7 @@ def run_demo(*, workdir: Path, config_file: Path, contacts: int, console: Consol
         console.print(f"Error report: {errors_file}  (fix the source columns and feed it back as a source)")
         console.print(f"CRM after:    {workdir / 'crm-after.json'}")
         console.print(f"Explore:      syncengine report --ledger {config.ledger.path} --errors")
+        console.print("              (run `. .venv/bin/activate` first to have `syncengine` on your PATH)")
         return exit_code(result)
 
     code = anyio.run(main)

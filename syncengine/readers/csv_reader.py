@@ -95,7 +95,7 @@ class CsvReader(ChunkedFileReader):
     def _header(self, reader: Iterator[list[str]], bad_bytes: list[str]) -> list[str] | None:
         """The first non-blank record, checked; ``None`` for an empty file."""
         where = str(self.path)
-        for cells in _records(reader, where):
+        for cells in _records(reader, where, bad_bytes, self.source.encoding):
             if bad_bytes:
                 raise SourceError(where, f"the header is not valid {self.source.encoding}: {bad_bytes[0]}")
             if not cells:
@@ -111,13 +111,16 @@ class CsvReader(ChunkedFileReader):
         return None
 
 
-def _records(reader: Iterator[list[str]], where: str) -> Iterator[list[str]]:
+def _records(reader: Iterator[list[str]], where: str, bad_bytes: list[str], encoding: str) -> Iterator[list[str]]:
     while True:
         try:
             yield next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
+            # Bytes in another encoding (UTF-16, say) often break the CSV syntax too: name the real cause.
+            if bad_bytes:
+                raise SourceError(where, f"the header is not valid {encoding}: {bad_bytes[0]}") from exc
             raise SourceError(where, f"the header cannot be parsed: {exc}") from exc
 
 
