@@ -37,8 +37,11 @@ _STAGES = (
     ("syncengine/ledger/", "ledger (SQLite)"),
     ("syncengine/progress.py", "progress"),
     ("syncengine/positions.py", "checkpoints"),
+    ("syncengine/model.py", "change digests (skip-unchanged)"),
+    ("syncengine/intake.py", "intake (skip-unchanged lookups)"),
     ("syncengine/pipeline.py", "pipeline"),
 )
+_ENTRY = ("(syncengine/cli.py)", "(syncengine/runner.py)", "(syncengine/__main__.py)", "(benchmarks/")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,15 +79,17 @@ def _name(frame: str) -> str:
 
 
 def _stage(frames: list[str]) -> str:
+    if any("importlib" in f for f in frames):
+        return "start-up (imports)"
     for frame in reversed(frames):
+        if any(entry in frame for entry in _ENTRY):
+            break
         for prefix, stage in _STAGES:
             if f"({prefix}" in frame:
                 return stage
-        if "(syncengine/" in frame:
-            return "startup and CLI"
-    if any("importlib" in f or "<module>" in f for f in frames):
-        return "startup and CLI"
-    return "event loop, sockets, threads (no engine frame)"
+        if "(syncengine/" in frame:  # a module this map does not know yet: name it
+            return frame[frame.index("(syncengine/") + 1 : -1]
+    return "event loop, sockets (no engine frame)"
 
 
 def _summarise(tool: str, stacks: Iterable[tuple[str, list[str], float]]) -> Profile:
@@ -104,7 +109,7 @@ def _summarise(tool: str, stacks: Iterable[tuple[str, list[str], float]]) -> Pro
         self_time[frames[-1]] += weight
         stages[_stage(frames)] += weight
         for name in set(frames):
-            if "(syncengine/" in name and "(syncengine/cli.py)" not in name and "(syncengine/__main__" not in name:
+            if "(syncengine/" in name and not any(entry in name for entry in _ENTRY):
                 total[name] += weight
     share = (lambda c: [(k, round(v / samples, 4)) for k, v in c.most_common(12)]) if samples else (lambda c: [])
     return Profile(

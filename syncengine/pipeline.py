@@ -27,7 +27,15 @@ from syncengine.batcher import Batcher
 from syncengine.config import Config, Secrets, SourceConfig, StreamConfig
 from syncengine.crm.auth import TokenProvider
 from syncengine.crm.transport import Transport
-from syncengine.errors import AuthError, SecretsError, SourceError, StreamHalted, SyncError, TransportError
+from syncengine.errors import (
+    AuthError,
+    LedgerError,
+    SecretsError,
+    SourceError,
+    StreamHalted,
+    SyncError,
+    TransportError,
+)
 from syncengine.follow import follow_file, follow_table
 from syncengine.intake import Intake
 from syncengine.ledger import LedgerWriter, RunSummary, SeqSet, SqliteLedger
@@ -250,46 +258,69 @@ async def run_sync(
             stages.cancel()  # a second request, or the calls in flight took too long
 
         state = "interrupted"  # unless the run gets to say otherwise
+        ledger_failure: LedgerError | None = None
+
+        async def write(cancel: anyio.CancelScope) -> None:
+            # The ledger failing (a full disk) ends the run: everything committed stays, the rest is
+            # pending. Its error is the one to report, not the closed stream the workers then meet.
+            nonlocal ledger_failure
+            try:
+                await writer.run(receive)
+            except LedgerError as exc:
+                ledger_failure = exc
+                log.error("syncengine.ledger_failed", reason=str(exc))
+                cancel.cancel()
+
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(writer.run, receive)
-                async with send, anyio.create_task_group() as stages:
-                    stages.start_soon(on_request, stages.cancel_scope)
-                    # Readers hold nothing in flight: a stop cancels them at once (a quiet source may be
-                    # sleeping between polls), while workers finish their calls.
-                    readers = anyio.CancelScope()
-                    stages.start_soon(_cancel_on, batcher.stopping, readers)
-                    async with anyio.create_task_group() as work:
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(write, tg.cancel_scope)
+                    async with send, anyio.create_task_group() as stages:
+                        stages.start_soon(on_request, stages.cancel_scope)
+                        # Readers hold nothing in flight: a stop cancels them at once (a quiet source may be
+                        # sleeping between polls), while workers finish their calls.
+                        readers = anyio.CancelScope()
+                        stages.start_soon(_cancel_on, batcher.stopping, readers)
+                        async with anyio.create_task_group() as work:
 
-                        async def read_all() -> None:
-                            with readers:
-                                async with anyio.create_task_group() as intakes:
-                                    for stream in plan.streams:
-                                        intakes.start_soon(_intake(stream).run, _rows(stream, ledger, options, plan))
+                            async def read_all() -> None:
+                                with readers:
+                                    async with anyio.create_task_group() as intakes:
+                                        for stream in plan.streams:
+                                            intakes.start_soon(
+                                                _intake(stream).run, _rows(stream, ledger, options, plan)
+                                            )
 
-                        for stream in plan.streams:
-                            batcher.open_input()
-                            if stream.name in plan.skip:
-                                progress.read[stream.name] += plan.skip[stream.name].count_upto(
-                                    plan.start_after.get(stream.name, 0)
+                            for stream in plan.streams:
+                                batcher.open_input()
+                                if stream.name in plan.skip:
+                                    progress.read[stream.name] += plan.skip[stream.name].count_upto(
+                                        plan.start_after.get(stream.name, 0)
+                                    )
+                            work.start_soon(read_all)
+                            for _ in range(crm.concurrency):
+                                worker = Worker(
+                                    sender=sender,
+                                    batcher=batcher,
+                                    outcomes=send,
+                                    api_base=crm.api_base,
+                                    trigger=crm.trigger,
+                                    policy=policy,
+                                    on_halt=on_halt,
+                                    on_stop=on_stop,
+                                    dry_run_out=dry_out,
+                                    persistent=options.watch is not None,
+                                    maybe_sent=_maybe_sent(plan) if options.resume is not None else None,
                                 )
-                        work.start_soon(read_all)
-                        for _ in range(crm.concurrency):
-                            worker = Worker(
-                                sender=sender,
-                                batcher=batcher,
-                                outcomes=send,
-                                api_base=crm.api_base,
-                                trigger=crm.trigger,
-                                policy=policy,
-                                on_halt=on_halt,
-                                on_stop=on_stop,
-                                dry_run_out=dry_out,
-                                persistent=options.watch is not None,
-                                maybe_sent=_maybe_sent(plan) if options.resume is not None else None,
-                            )
-                            work.start_soon(worker.run)
-                    stages.cancel_scope.cancel()  # the work is done: stop waiting for a stop request
+                                work.start_soon(worker.run)
+                        stages.cancel_scope.cancel()  # the work is done: stop waiting for a stop request
+            except BaseExceptionGroup as group:
+                closed = (anyio.BrokenResourceError, anyio.ClosedResourceError)
+                if ledger_failure is None or group.split(closed)[1] is not None:
+                    raise
+            if ledger_failure is not None:
+                state = "failed"
+                raise ledger_failure
             if control.stop_requested.is_set():
                 state = "interrupted"
             elif batcher.stopped:
@@ -299,7 +330,13 @@ async def run_sync(
         finally:
             # Ctrl-C or a crash still closes the run in the ledger with what was committed.
             with anyio.CancelScope(shield=True):
-                summary = await ledger.finish_run(run_id, state=state, read=dict(progress.read))
+                try:
+                    summary = await ledger.finish_run(run_id, state=state, read=dict(progress.read))
+                except LedgerError:
+                    if ledger_failure is None:
+                        raise
+                    # The ledger cannot be written (still full): the run stays "running" in it,
+                    # and a resume picks it up; the first error is the one reported.
             if telemetry is not None:
                 telemetry.state = state
     elapsed = time.monotonic() - started

@@ -99,7 +99,7 @@ LEAD_LINES: list[tuple[bytes, Status | None, str | None]] = [
         b'{"id": "' + L[5].encode() + b'", "company": "Five", "unmapped": 1, "nested": {"a": [1]}}',
         Status.SUCCESS,
         "SUCCESS",
-    ),  # fmt: skip
+    ),
     (b'{"id": 111111000009999999, "company": "ghost"}', Status.REJECTED, "INVALID_DATA"),  # an int id, unknown
     (b'{"id": "' + L[6].encode() + b'", "company": "Six", "revenue": 12.5}', Status.SUCCESS, "SUCCESS"),
     (b'{"id": "' + L[7].encode() + b'", "company": ', Status.INVALID, "BAD_ROW"),  # truncated line
@@ -535,14 +535,22 @@ async def test_a_full_disk_stops_the_run_and_resume_finishes_it(tmp_path: Path, 
     sandbox.state.load(
         {"records": {"Contacts": [{"External_Contact_ID": f"C{i}", "Last_Name": "L"} for i in range(n)]}}
     )
-    contacts_config(tmp_path, sandbox.url, n, batch_size=50)
-    ledger = tmp_path / "ledger.db"
-    async with SqliteLedger(ledger):
-        pass
-    limit = ledger.stat().st_size + 640 * 1024  # room for the first few batches of outcomes, not for all
+    # The same disk-full run in three fresh directories: how the run dies depends on which tasks are mid-send.
+    full = []
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        contacts_config(tmp_path / name, sandbox.url, n, batch_size=10)
+        ledger = tmp_path / name / "ledger.db"
+        async with SqliteLedger(ledger):
+            pass
+        limit = ledger.stat().st_size + 640 * 1024  # room for the first batches of outcomes, not for all
 
-    full = await cli("run", "sync.toml", cwd=tmp_path, preexec_fn=lambda: _fill_the_disk_at(limit))
+        def disk_full(limit: int = limit) -> None:
+            _fill_the_disk_at(limit)
 
+        full.append((ledger, await cli("run", "sync.toml", cwd=tmp_path / name, preexec_fn=disk_full)))
+
+    ledger = full[0][0]
     before = by_position(await ledger_rows(ledger, 1))
     assert 0 < len(before) < n
     assert all(r.status is Status.SUCCESS for r in before.values())
@@ -550,7 +558,7 @@ async def test_a_full_disk_stops_the_run_and_resume_finishes_it(tmp_path: Path, 
         record = sandbox.state.find_by_field("Contacts", "External_Contact_ID", row.key) or {}
         assert record["Last_Name"] == f"New{seq - 1}-{'x' * 40}"
 
-    code, out, err = await cli("run", "sync.toml", "--resume", cwd=tmp_path)
+    code, out, err = await cli("run", "sync.toml", "--resume", cwd=ledger.parent)
     assert code == 0, out + err
     after = by_position(await ledger_rows(ledger, 1))
     assert sorted(seq for _, seq in after) == list(range(1, n + 1))  # one outcome per change, in the same run
@@ -563,8 +571,8 @@ async def test_a_full_disk_stops_the_run_and_resume_finishes_it(tmp_path: Path, 
     last = sandbox.state.find_by_field("Contacts", "External_Contact_ID", f"C{n - 1}") or {}
     assert last["Last_Name"] == f"New{n - 1}-{'x' * 40}"
 
-    # Checked last, so that a wrong exit still shows whether anything was lost: the first run said why it stopped.
-    code, out, err = full
-    assert str(ledger) in out + err and ("disk" in out + err or "full" in out + err)
-    assert "Traceback" not in out + err, err[-3000:]
-    assert code == 2, out + err
+    # Checked last, so that a wrong exit still shows whether anything was lost: each run said why it stopped.
+    for where, (code, out, err) in full:
+        assert str(where) in out + err and ("disk" in out + err or "full" in out + err)
+        assert "Traceback" not in out + err, err[-3000:]
+        assert code == 2, out + err

@@ -67,8 +67,8 @@ def source_links(db: sqlite3.Connection) -> set[tuple[str, str]]:
     return {(d, c) for d, c in db.execute("SELECT deal, contact FROM deal_contacts WHERE deleted = 0")}
 
 
-async def wait_until(check: Callable[[], bool], timeout: float = 15.0) -> None:
-    with anyio.fail_after(timeout):
+async def wait_until(check: Callable[[], bool], limit: float = 15.0) -> None:
+    with anyio.fail_after(limit):
         while not check():
             await anyio.sleep(0.05)
 

@@ -50,8 +50,8 @@ def crm_links(sb: Sandbox) -> set[tuple[str, str]]:
     return found
 
 
-async def wait_until(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    with anyio.fail_after(timeout):
+async def wait_until(check: Callable[[], bool], limit: float = 30.0) -> None:
+    with anyio.fail_after(limit):
         while not check():
             await anyio.sleep(0.1)
 
@@ -140,7 +140,8 @@ async def test_watch_process_follows_postgres_through_an_outage_and_a_restart(
     try:
         await converged()
         await db.execute(  # inserts, updates (a role change) and deletes, while the watch runs
-            "INSERT INTO deal_contacts SELECT i, 'D' || (i % 5), 'C' || i, $1, false, now() FROM generate_series(60, 89) i",
+            "INSERT INTO deal_contacts SELECT i, 'D' || (i % 5), 'C' || i, $1, false, now()"
+            " FROM generate_series(60, 89) i",
             ROLE,
         )
         await db.execute("UPDATE deal_contacts SET deleted = true, updated_at = now() WHERE id < 10")
@@ -162,7 +163,8 @@ async def test_watch_process_follows_postgres_through_an_outage_and_a_restart(
         assert "syncengine_calls_in_flight" in text
         sandbox.set_faults(error_rate=1.0)  # the CRM goes down: the watch must wait, not die
         await db.execute(
-            "INSERT INTO deal_contacts SELECT i, 'D' || (i % 5), 'C' || i, $1, false, now() FROM generate_series(90, 99) i",
+            "INSERT INTO deal_contacts SELECT i, 'D' || (i % 5), 'C' || i, $1, false, now()"
+            " FROM generate_series(90, 99) i",
             ROLE,
         )
         await wait_until(lambda: sandbox.stats.snapshot()["errors_500"] >= 3)

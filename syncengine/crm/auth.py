@@ -105,6 +105,11 @@ class TokenProvider:
                 )
             return await self._fetch()
 
+    def _scrub(self, text: str) -> str:
+        """An accounts server may echo what it was sent: never let a secret into an error message."""
+        c = self._credentials
+        return _never_a_secret(text, [c.client_secret or "", c.refresh_token or "", self._token or ""])
+
     async def _fetch(self) -> str:
         """Ask the accounts server for a token, riding out its momentary trouble (5xx, drops, HTML pages).
 
@@ -139,7 +144,8 @@ class TokenProvider:
                 continue
             # Zoho's accounts server reports errors with HTTP 200 and an "error" key.
             if "error" in body or "access_token" not in body:
-                raise AuthError(str(body.get("error", "no access_token")), str(body.get("error_description", "")))
+                code = self._scrub(str(body.get("error", "no access_token")))
+                raise AuthError(code, self._scrub(str(body.get("error_description", ""))))
             token = str(body["access_token"])
             lifetime = _expires_in_seconds(body)
             self._token = token
@@ -152,6 +158,13 @@ class TokenProvider:
         raise TransportError(
             self._token_url, f"token refresh failed {self._attempts} times: {trouble}", maybe_sent=False
         )
+
+
+def _never_a_secret(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def _expires_in_seconds(body: dict[str, object]) -> float:

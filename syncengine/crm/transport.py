@@ -34,7 +34,7 @@ class HttpResponse:
 # Ordered: the first class that matches wins, so subclasses come before their bases.
 # (exception class, reason, maybe_sent, retryable)
 ERROR_MAP: tuple[tuple[type[BaseException], str, bool, bool], ...] = (
-    (aiohttp.ClientConnectorCertificateError, "TLS certificate rejected", False, False),
+    (aiohttp.ClientConnectorCertificateError, "TLS certificate rejected (a private CA? set crm.ca_file)", False, False),
     (aiohttp.ClientConnectorSSLError, "TLS handshake failed", False, False),
     (aiohttp.ClientSSLError, "TLS error", False, False),
     (aiohttp.ClientConnectorDNSError, "host name not found", False, True),
@@ -67,6 +67,9 @@ def map_error(exc: BaseException, url: str) -> TransportError:
     """Translate an aiohttp or socket exception into our own tree."""
     for cls, reason, maybe_sent, retryable in ERROR_MAP:
         if isinstance(exc, cls):
+            if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+                # The verifier's own words say why (expired, unknown issuer, wrong host).
+                reason = f"{reason}: {exc.certificate_error}"
             return TransportError(url, reason, maybe_sent=maybe_sent, retryable=retryable)
     raise TypeError(f"unmapped transport exception {type(exc).__name__}") from exc
 
