@@ -14,18 +14,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from benchmarks.credits import CreditsRow, run_credits
-from benchmarks.overhead import OverheadResult, run_overhead
-from benchmarks.peers import PeersResult, run_peers
-from benchmarks.saturation import SaturationResult, run_saturation
+from benchmarks.credits import run_credits
+from benchmarks.overhead import run_overhead
+from benchmarks.peers import run_peers
+from benchmarks.saturation import run_saturation
 
 RESULTS = Path(__file__).parent / "results"
 SCENARIOS = ("saturation", "overhead", "peers", "credits")
@@ -41,6 +43,11 @@ MEMORY_SIZES = (100_000, 1_000_000)
 PROFILE_CHANGES = 200_000
 SQLITE_ROWS = 200_000
 PEER_CHANGES = 10_000
+
+
+def _ns(values: dict[str, Any]) -> Any:
+    """A result as read back from its JSON form, with attribute access."""
+    return SimpleNamespace(**values)
 
 
 def _n(value: float) -> str:
@@ -60,7 +67,7 @@ def _rows(results: dict[str, Any]) -> list[list[str]]:
     """The table: scenario | measured | reference (same run) | ratio | goal | verdict."""
     rows: list[list[str]] = []
     for s in results.get("saturation", []):
-        r = SaturationResult(**s)
+        r = _ns(s)
         at_300 = r.latency_ms[1] >= 300
         clean = r.throttled == 0 and r.max_in_flight <= r.concurrency and r.lost == 0
         ok = r.ratio_to_bare >= 0.97 and (r.ratio_to_limit >= 0.95 or not at_300) and clean
@@ -70,8 +77,10 @@ def _rows(results: dict[str, Any]) -> list[list[str]]:
             [
                 f"1. saturation C={r.concurrency}, {_ms(r.latency_ms)}, {_n(r.changes)} changes",
                 f"{_n(r.engine_per_s)} rec/s; {r.throttled} × 429; max in flight {r.max_in_flight} "
-                f"({r.max_in_flight_complex} of 100-record calls); {_n(r.credits_used)} credits; lost {r.lost}",
-                f"bare loop {_n(r.bare_per_s)} rec/s ({r.bare_ratio_to_limit:.3f} of limit); "
+                f"({r.max_in_flight_complex} of 100-record calls), mean {r.engine_mean_in_flight}; "
+                f"{r.engine_local_ms_per_call:.1f} ms/call beyond latency; {_n(r.credits_used)} credits; lost {r.lost}",
+                f"bare loop {_n(r.bare_per_s)} rec/s ({r.bare_ratio_to_limit:.3f} of limit; mean in flight "
+                f"{r.bare_mean_in_flight}; {r.bare_local_ms_per_call:.1f} ms/call beyond latency); "
                 f"limit {_n(r.limit_per_s)} rec/s (C × 100 / latency: {_n(r.naive_limit_per_s)})",
                 f"{r.ratio_to_bare:.3f} of bare; {r.ratio_to_limit:.3f} of limit",
                 goal,
@@ -79,7 +88,7 @@ def _rows(results: dict[str, Any]) -> list[list[str]]:
             ]
         )
     if "overhead" in results:
-        o = OverheadResult(**{**results["overhead"], "profile": None})
+        o = _ns(results["overhead"])
         big = o.runs[-1]
         rows.append(
             [
@@ -123,7 +132,7 @@ def _rows(results: dict[str, Any]) -> list[list[str]]:
             ]
         )
     if "peers" in results:
-        p = PeersResult(**results["peers"])
+        p = _ns(results["peers"])
         for name, peer in (("syncengine", p.syncengine), ("Zoho Python SDK", p.sdk), ("naive asyncio.gather", p.naive)):
             rows.append(
                 [
@@ -138,7 +147,7 @@ def _rows(results: dict[str, Any]) -> list[list[str]]:
                 ]
             )
     for c in results.get("credits", []):
-        r = CreditsRow(**c)
+        r = _ns(c)
         rows.append(
             [
                 f"5. credits: {r.operation}, {_n(r.changes)} changes",
@@ -160,13 +169,39 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _probe_text(probe: dict[str, Any]) -> list[str]:
+    out = [
+        f"- garbage collector (timed by gc.callbacks, invisible to a sampler): {probe['gc_s']:.2f} s in "
+        f"{sum(probe['collections'])} collections = {probe['gc_s'] / float(probe['elapsed_s']):.1%} of the run's "
+        f"{probe['elapsed_s']} s (by generation: " + ", ".join(f"{x:.2f} s" for x in probe["gc_s_by_generation"]) + ")",
+        f"- event loop busy {probe['loop_busy_s']:.2f} s of {probe['elapsed_s']} s; callbacks of 1 ms or more "
+        "(nothing else runs meanwhile: no response read, no call sent), by task:",
+    ]
+    out += [
+        f"  - {s['task']}: {s['count']:,} × ≥ 1 ms, {s['seconds']:.2f} s in all, longest {s['longest_ms']:.1f} ms"
+        for s in probe["stalls"][:5]
+    ]
+    return out
+
+
 def _profile_text(results: dict[str, Any]) -> str:
+    out: list[str] = []
+    saturation = results.get("saturation") or []
+    probed = next((s for s in saturation if s.get("probe")), None)
+    if probed is not None:
+        out += [
+            f"Probe, under latency (one more engine run of saturation C={probed['concurrency']}, "
+            f"{_ms(probed['latency_ms'])}, {_n(probed['changes'])} changes, under benchmarks.gcwrap):",
+            "",
+            *_probe_text(probed["probe"]),
+            "",
+        ]
     overhead = results.get("overhead")
     if not overhead or not overhead.get("profile"):
-        return ""
+        return "\n".join(out)
     prof = overhead["profile"]
     gc = overhead.get("gc") or {}
-    out = [
+    out += [
         f"Profile of the engine ({prof['tool']}, every thread, {_n(overhead['profile_changes'])} changes against "
         f"the canned server; {prof['samples']:,} samples, {prof['waiting']:.0%} of samples were threads waiting "
         "and are left out):",
@@ -179,14 +214,7 @@ def _profile_text(results: dict[str, Any]) -> str:
     out += [f"- {share:.1%} {name}" for name, share in prof["stages"]]
     out += ["", "Threads: " + ", ".join(f"{name} {share:.0%}" for name, share in prof["threads"].items())]
     if gc:
-        out += [
-            "",
-            f"Garbage collector (timed by gc.callbacks, invisible to a sampler): {gc['gc_s']:.2f} s in "
-            f"{sum(gc['collections'])} collections = {gc.get('share_of_elapsed', 0):.1%} of the run's "
-            f"{gc.get('elapsed_s', 0)} s (by generation: "
-            + ", ".join(f"{x:.2f} s" for x in gc["gc_s_by_generation"])
-            + ").",
-        ]
+        out += ["", "Probe of the same run:", "", *_probe_text(gc)]
     return "\n".join(out)
 
 
@@ -229,10 +257,14 @@ def main() -> None:
         work = Path(tmp)
         if "saturation" in only:
             results["saturation"] = []
-            for concurrency, latency, changes in SATURATION_CASES:
+            for index, (concurrency, latency, changes) in enumerate(SATURATION_CASES):
                 step(f"saturation C={concurrency} {_ms(latency)} {changes // scale:,} changes")
                 result = run_saturation(
-                    work / "saturation", changes=changes // scale, concurrency=concurrency, latency_ms=latency
+                    work / "saturation",
+                    changes=changes // scale,
+                    concurrency=concurrency,
+                    latency_ms=latency,
+                    probe=index == 0,  # one more engine run, probed: GC and event-loop stalls under latency
                 )
                 results["saturation"].append(dataclasses.asdict(result))
         if "overhead" in only:
@@ -260,7 +292,7 @@ def main() -> None:
     results["meta"] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "python": f"Python {platform.python_version()}",
-        "cpus": __import__("os").cpu_count(),
+        "cpus": os.cpu_count(),
         "total_s": round(total, 1),
         "quick": args.quick,
         "scenarios": only,

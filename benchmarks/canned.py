@@ -25,9 +25,7 @@ _DETAILS = {
     "Created_By": {"name": "Bench User", "id": "111111000000000001"},
 }
 _ENTRY = {"code": "SUCCESS", "details": _DETAILS, "message": "record updated", "status": "success"}
-_TOKEN = orjson.dumps(
-    {"access_token": "canned-token", "api_domain": "", "token_type": "Bearer", "expires_in": 3600}
-)
+_TOKEN = orjson.dumps({"access_token": "canned-token", "api_domain": "", "token_type": "Bearer", "expires_in": 3600})
 
 
 @cache

@@ -220,7 +220,9 @@ class ProcessRun:
     stderr: str
 
 
-def run_measured(argv: Sequence[str], *, env: Mapping[str, str] | None = None, prefix: Sequence[str] = ()) -> ProcessRun:
+def run_measured(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, prefix: Sequence[str] = ()
+) -> ProcessRun:
     """Run ``argv`` to the end and read its own rusage with ``os.wait4`` (not the sum over all children).
 
     ``prefix`` wraps the command (a profiler); the rusage is then the wrapper's, which includes its child.

@@ -65,7 +65,9 @@ def _inputs(work: Path) -> tuple[Path, dict[str, Path]]:
         ),
         # Half the keys exist (updated), half are new (inserted).
         "upsert": _write(
-            work / "upsert.csv", ["erp_id", "last_name"], [[contact_key(i), f"Up{i}"] for i in range(N // 2, N + N // 2)]
+            work / "upsert.csv",
+            ["erp_id", "last_name"],
+            [[contact_key(i), f"Up{i}"] for i in range(N // 2, N + N // 2)],
         ),
         "update_related": _write(
             work / "link.csv", ["deal_erp_id", "contact_erp_id"], [[f"D{d:03d}", contact_key(c)] for d, c in pairs]

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.common import (
-    PYTHON,
     CREDENTIALS,
+    PYTHON,
     EngineRun,
     Server,
     canned_server,
@@ -32,7 +32,7 @@ from benchmarks.common import (
     run_json,
     run_measured,
 )
-from benchmarks.profiling import Profile, profiler_prefix, read_profile
+from benchmarks.profiling import Profile, profiled_command, read_profile
 
 __all__ = ["EngineSize", "OverheadResult", "run_overhead"]
 
@@ -93,17 +93,16 @@ def _engine(server: Server, work: Path, changes: int, concurrency: int) -> tuple
     return size, run
 
 
-def _profile(server: Server, work: Path, changes: int, concurrency: int) -> tuple[Profile | None, dict[str, object] | None]:
+def _profile(
+    server: Server, work: Path, changes: int, concurrency: int
+) -> tuple[Profile | None, dict[str, object] | None]:
     source = contact_csv(work / f"contacts-{changes}.csv", changes)
     config = engine_config(
         work / "profile.toml", base=server.base, ledger=work / "profile.db", source=source, concurrency=concurrency
     )
-    tool, prefix = profiler_prefix(work / "profile.out")
-    run = run_measured(
-        [*prefix, PYTHON, "-m", "benchmarks.gcwrap", "--json-logs", "run", str(config)],
-        env={**os.environ, **CREDENTIALS},
-    )
-    gc_line = next((json.loads(x) for x in run.stderr.splitlines() if '"bench.gc"' in x), None)
+    tool, argv = profiled_command(work / "profile.out", "benchmarks.gcwrap", ["--json-logs", "run", str(config)])
+    run = run_measured(argv, env={**os.environ, **CREDENTIALS})
+    gc_line = next((json.loads(x) for x in run.stderr.splitlines() if '"bench.probe"' in x), None)
     finished = next((json.loads(x) for x in run.stderr.splitlines() if '"syncengine.run_finished"' in x), None)
     if gc_line is not None and finished is not None:
         gc_line["elapsed_s"] = finished["elapsed_s"]
@@ -127,12 +126,31 @@ def run_overhead(
     largest = max(sizes)
     with canned_server() as server:
         bare, _ = run_json(
-            [PYTHON, "-m", "benchmarks.bare", "--base", server.base, "--changes", str(largest),
-             "--concurrency", str(concurrency)]  # fmt: skip
+            [
+                PYTHON,
+                "-m",
+                "benchmarks.bare",
+                "--base",
+                server.base,
+                "--changes",
+                str(largest),
+                "--concurrency",
+                str(concurrency),
+            ]
         )
         built, _ = run_json(
-            [PYTHON, "-m", "benchmarks.bare", "--base", server.base, "--changes", str(largest),
-             "--concurrency", str(concurrency), "--build"]  # fmt: skip
+            [
+                PYTHON,
+                "-m",
+                "benchmarks.bare",
+                "--base",
+                server.base,
+                "--changes",
+                str(largest),
+                "--concurrency",
+                str(concurrency),
+                "--build",
+            ]
         )
         runs = [_engine(server, work, n, concurrency)[0] for n in (100, *sorted(sizes))]
         prof, gc_line = _profile(server, work, profile_changes, concurrency) if profile else (None, None)

@@ -31,7 +31,9 @@ async def run(base: str, source: Path) -> dict[str, Any]:
     with source.open(newline="") as handle:
         rows = csv.DictReader(handle)
         while chunk := list(islice(rows, 100)):
-            data = [{"Last_Name": r["last_name"], "Title": r["title"], "External_Contact_ID": r["erp_id"]} for r in chunk]
+            data = [
+                {"Last_Name": r["last_name"], "Title": r["title"], "External_Contact_ID": r["erp_id"]} for r in chunk
+            ]
             bodies.append((len(chunk), orjson.dumps({"data": data})))
     counts = {"calls": 0, "succeeded": 0, "throttled": 0, "lost": 0, "read": sum(n for n, _ in bodies)}
     async with aiohttp.ClientSession() as session:

@@ -70,10 +70,22 @@ def run_peers(work: Path, *, changes: int) -> PeersResult:
 
         peers: dict[str, dict[str, Any]] = {}
         for name, argv in (
-            ("sdk", [PYTHON, "-m", "benchmarks.peer_sdk", "--base", server.base, "--source", str(source),
-                     "--work", str(work / "sdk")]),
+            (
+                "sdk",
+                [
+                    PYTHON,
+                    "-m",
+                    "benchmarks.peer_sdk",
+                    "--base",
+                    server.base,
+                    "--source",
+                    str(source),
+                    "--work",
+                    str(work / "sdk"),
+                ],
+            ),
             ("naive", [PYTHON, "-m", "benchmarks.peer_naive", "--base", server.base, "--source", str(source)]),
-        ):  # fmt: skip
+        ):
             server.reset()
             result, process = run_json(argv)
             stats = server.stats()

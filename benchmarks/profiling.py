@@ -18,11 +18,16 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Profile", "profiler_prefix", "read_profile"]
+__all__ = ["Profile", "profiled_command", "read_profile"]
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 # Leaf frames where a thread waits rather than works (py-spy's idle filter misses some of these).
-_WAITS = ("Condition.wait (threading.py)", "EpollSelector.select (selectors.py)", "Event.wait (threading.py)")
+_WAITS = (
+    "Condition.wait (threading.py)",
+    "EpollSelector.select (selectors.py)",
+    "Event.wait (threading.py)",
+    "epoll.poll (<built-in>)",
+)
 # The stage a sample belongs to: its innermost syncengine frame's file.
 _STAGES = (
     ("syncengine/readers/", "read source (CSV parse)"),
@@ -60,12 +65,13 @@ def _py_spy() -> str | None:
     return str(beside) if beside.exists() else shutil.which("py-spy")
 
 
-def profiler_prefix(output: Path) -> tuple[str, list[str]]:
-    """The command prefix that profiles a child process, and the tool's name."""
+def profiled_command(output: Path, module: str, args: list[str]) -> tuple[str, list[str]]:
+    """The command that runs ``python -m module args`` under a profiler writing to ``output``, and the tool."""
     spy = _py_spy()
     if spy is not None:
-        return "py-spy", [spy, "record", "--format", "raw", "--threads", "-r", "200", "-o", str(output), "--"]
-    return "pyinstrument", [sys.executable, "-m", "pyinstrument", "-r", "json", "-o", str(output)]
+        prefix = [spy, "record", "--format", "raw", "--threads", "-r", "200", "-o", str(output), "--"]
+        return "py-spy", [*prefix, sys.executable, "-m", module, *args]
+    return "pyinstrument", [sys.executable, "-m", "pyinstrument", "-r", "json", "-o", str(output), "-m", module, *args]
 
 
 def _name(frame: str) -> str:
@@ -92,12 +98,12 @@ def _stage(frames: list[str]) -> str:
     return "event loop, sockets (no engine frame)"
 
 
-def _summarise(tool: str, stacks: Iterable[tuple[str, list[str], float]]) -> Profile:
+def _summarise(tool: str, stacks: Iterable[tuple[str, list[str], int]]) -> Profile:
     self_time: Counter[str] = Counter()
     total: Counter[str] = Counter()
     threads: Counter[str] = Counter()
     stages: Counter[str] = Counter()
-    samples = waiting = 0.0
+    samples = waiting = 0
     for thread, frames, weight in stacks:
         if not frames:
             continue
@@ -111,7 +117,10 @@ def _summarise(tool: str, stacks: Iterable[tuple[str, list[str], float]]) -> Pro
         for name in set(frames):
             if "(syncengine/" in name and not any(entry in name for entry in _ENTRY):
                 total[name] += weight
-    share = (lambda c: [(k, round(v / samples, 4)) for k, v in c.most_common(12)]) if samples else (lambda c: [])
+
+    def share(counter: Counter[str]) -> list[tuple[str, float]]:
+        return [(k, round(v / samples, 4)) for k, v in counter.most_common(12)] if samples else []
+
     return Profile(
         tool=tool,
         samples=int(samples),
@@ -123,7 +132,7 @@ def _summarise(tool: str, stacks: Iterable[tuple[str, list[str], float]]) -> Pro
     )
 
 
-def _py_spy_stacks(text: str) -> Iterable[tuple[str, list[str], float]]:
+def _py_spy_stacks(text: str) -> Iterable[tuple[str, list[str], int]]:
     parsed = []
     names: dict[str, str] = {}  # thread id -> name, where py-spy knew it
     for line in text.splitlines():
@@ -137,19 +146,19 @@ def _py_spy_stacks(text: str) -> Iterable[tuple[str, list[str], float]]:
             parts = parts[1:]
         if name.strip():
             names[ident] = re.sub(r"[ _-]\d+$", "", name.strip())  # pooled worker threads under one name
-        parsed.append((ident, [_name(p) for p in parts if p.strip()], float(count)))
+        parsed.append((ident, [_name(p) for p in parts if p.strip()], int(count)))
     for ident, frames, weight in parsed:
         yield names.get(ident, ident), frames, weight
 
 
-def _pyinstrument_stacks(doc: dict[str, Any]) -> Iterable[tuple[str, list[str], float]]:
-    def walk(frame: dict[str, Any], path: list[str]) -> Iterable[tuple[str, list[str], float]]:
+def _pyinstrument_stacks(doc: dict[str, Any]) -> Iterable[tuple[str, list[str], int]]:
+    def walk(frame: dict[str, Any], path: list[str]) -> Iterable[tuple[str, list[str], int]]:
         name = f"{frame.get('function')} ({frame.get('file_path_short', '')})"
         here = [*path, name]
         children = frame.get("children") or []
         own = float(frame.get("time", 0.0)) - sum(float(c.get("time", 0.0)) for c in children)
         if own > 0:
-            yield "MainThread", here, own
+            yield "MainThread", here, round(own * 10_000)  # 0.1 ms units
         for child in children:
             yield from walk(child, here)
 

@@ -31,13 +31,19 @@ _OUTCOMES = """CREATE TABLE outcomes (run_id INTEGER NOT NULL, stream TEXT NOT N
  status TEXT NOT NULL, code TEXT, message TEXT, details TEXT, crm_id TEXT, http_status INTEGER,
  attempts INTEGER NOT NULL, started_at REAL, finished_at REAL, note TEXT, source_row TEXT,
  PRIMARY KEY (run_id, stream, seq))"""
-_DIGESTS = "CREATE TABLE digests (stream TEXT NOT NULL, key INTEGER NOT NULL, digest INTEGER NOT NULL, " \
+_DIGESTS = (
+    "CREATE TABLE digests (stream TEXT NOT NULL, key INTEGER NOT NULL, digest INTEGER NOT NULL, "
     "PRIMARY KEY (stream, key)) WITHOUT ROWID"
+)
 _INSERT = f"INSERT OR REPLACE INTO outcomes VALUES ({', '.join('?' * 19)})"
 _DIGEST = "INSERT OR REPLACE INTO digests VALUES (?, ?, ?)"
 _DETAILS = orjson.dumps(
-    {"Modified_Time": "2024-05-01T10:00:00+00:00", "Modified_By": {"name": "Bench User", "id": "111111000000000001"},
-     "Created_Time": "2024-01-01T10:00:00+00:00", "id": "111111000000100001"}
+    {
+        "Modified_Time": "2024-05-01T10:00:00+00:00",
+        "Modified_By": {"name": "Bench User", "id": "111111000000000001"},
+        "Created_Time": "2024-01-01T10:00:00+00:00",
+        "id": "111111000000100001",
+    }
 ).decode()
 
 
