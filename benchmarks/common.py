@@ -24,20 +24,29 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "CONTACT_ID_BASE",
     "CREDENTIALS",
+    "PYTHON",
+    "ROOT",
     "EngineRun",
+    "ProcessRun",
     "Server",
     "canned_server",
     "contact_csv",
+    "contact_key",
+    "contact_records",
     "contact_seed",
     "engine_config",
     "free_port",
+    "http_json",
     "run_engine",
     "run_json",
+    "run_measured",
     "sandbox_server",
 ]
 
 PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parent.parent  # helpers run as ``python -m benchmarks.x`` from here
 CREDENTIALS: Mapping[str, str] = {
     "ZOHO_CLIENT_ID": "sandbox-client-id",
     "ZOHO_CLIENT_SECRET": "sandbox-client-secret",
@@ -163,7 +172,7 @@ def _wait_for(url: str, process: subprocess.Popen[bytes], timeout: float) -> Non
 
 @contextmanager
 def _serve(argv: Sequence[str], port: int, timeout: float = 180.0) -> Iterator[Server]:
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_for(f"{base}/__sandbox/stats", process, timeout)
@@ -234,7 +243,12 @@ def run_measured(
         _tempfile("err") as err,
     ):
         process = subprocess.Popen(
-            [*prefix, *argv], stdin=stdin, stdout=out, stderr=err, env=dict(env) if env is not None else None
+            [*prefix, *argv],
+            stdin=stdin,
+            stdout=out,
+            stderr=err,
+            env=dict(env) if env is not None else None,
+            cwd=ROOT,
         )
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait for it again

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
 
 from syncengine.batcher import Batcher
@@ -114,6 +115,8 @@ class Intake:
         skipped: list[Outcome] = []
         now = time.time()
         for index, change in enumerate(chunk):
+            if index % 32 == 31:
+                await anyio.lowlevel.checkpoint()  # let responses in between: a chunk is ~1 ms of work
             if known and known.get(change.key_digest()) == change.digest():
                 skipped.append(
                     Outcome(
