@@ -110,14 +110,16 @@ class Intake:
         if not chunk:
             return True
         known: dict[int, int] = {}
+        keys: list[int] = []
         if self._digests is not None:
-            known = await self._digests.digests(self._stream.name, [c.key_digest() for c in chunk])
+            keys = [c.key_digest() for c in chunk]
+            known = await self._digests.digests(self._stream.name, keys)
         skipped: list[Outcome] = []
         now = time.time()
         for index, change in enumerate(chunk):
             if index % 32 == 31:
                 await anyio.lowlevel.checkpoint()  # let responses in between: a chunk is ~1 ms of work
-            if known and known.get(change.key_digest()) == change.digest():
+            if known and known.get(keys[index]) == change.digest():
                 skipped.append(
                     Outcome(
                         change=change,
