@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import IO
 
 import anyio
+import orjson
 import structlog
 
 from syncengine.batcher import Batcher
-from syncengine.config import Config, Secrets, SourceConfig, StreamConfig
+from syncengine.config import Config, Secrets, SourceConfig, SqlSourceConfig, StreamConfig
 from syncengine.crm.auth import TokenProvider
 from syncengine.crm.transport import Transport
 from syncengine.errors import (
@@ -41,10 +42,10 @@ from syncengine.intake import Intake
 from syncengine.ledger import LedgerWriter, RunSummary, SeqSet, SqliteLedger
 from syncengine.limits import CreditMeter, Limits
 from syncengine.metrics import Telemetry
-from syncengine.model import Change, Outcome, Status
+from syncengine.model import JSON, Change, Outcome, Status
 from syncengine.positions import Checkpoints, fingerprint, ledger_rows
 from syncengine.progress import RunProgress
-from syncengine.readers import Reader, Row, open_reader
+from syncengine.readers import Reader, Row, SourceRow, open_reader
 from syncengine.readers.sql import Position
 from syncengine.workers import CallStats, RetryPolicy, Sender, Worker, failed_outcome
 
@@ -122,6 +123,10 @@ class _Plan:
     skip: dict[str, SeqSet]  # resume: seqs that already have a terminal outcome
     start_after: dict[str, int]  # resume: checkpoints
     seq_offsets: dict[str, int] = field(default_factory=dict)  # resume: database streams' seqs go on from here
+    # Resume of a database stream: rows above its checkpoint that already have an outcome in this run
+    # (by key and cursor value), and how many outcomes it already has (they count as read).
+    done_rows: dict[str, set[tuple[bytes, bytes]]] = field(default_factory=dict)
+    prior_read: dict[str, int] = field(default_factory=dict)
 
 
 async def run_sync(
@@ -293,6 +298,7 @@ async def run_sync(
 
                             for stream in plan.streams:
                                 batcher.open_input()
+                                progress.read[stream.name] += plan.prior_read.get(stream.name, 0)
                                 if stream.name in plan.skip:
                                     progress.read[stream.name] += plan.skip[stream.name].count_upto(
                                         plan.start_after.get(stream.name, 0)
@@ -415,13 +421,38 @@ async def _plan(config: Config, ledger: SqliteLedger, options: RunOptions, dry_r
     start_after = await ledger.checkpoints(run_id)
     files = [s for s in streams if isinstance(s.source, SourceConfig)]
     skip = {s.name: await ledger.terminal_seqs(run_id, s.name) for s in files}
-    # A database stream resumes from its stored position; its seqs go on after the ones already recorded.
-    offsets = {s.name: await ledger.max_seq(run_id, s.name) for s in streams if s not in files}
+    # A database stream resumes from its stored position; its seqs go on after the ones already recorded,
+    # and rows re-read above the checkpoint that already have an outcome in this run are not redone.
+    tables = [s for s in streams if s not in files]
+    offsets = {s.name: await ledger.max_seq(run_id, s.name) for s in tables}
+    prior = {s.name: len(await ledger.terminal_seqs(run_id, s.name)) for s in tables}
+    done_rows = {
+        s.name: {
+            _row_mark(s.source, row)
+            for row in await ledger.source_rows_after(run_id, s.name, start_after.get(s.name, 0))
+            if isinstance(row, dict) and isinstance(s.source, SqlSourceConfig)
+        }
+        for s in tables
+    }
     await ledger.reopen_run(run_id)
     log.info(
         "syncengine.run_resuming", run_id=run_id, done={k: len(v) for k, v in skip.items()}, checkpoints=start_after
     )
-    return _Plan(run_id=run_id, streams=streams, skip=skip, start_after=start_after, seq_offsets=offsets)
+    return _Plan(
+        run_id=run_id,
+        streams=streams,
+        skip=skip,
+        start_after=start_after,
+        seq_offsets=offsets,
+        done_rows=done_rows,
+        prior_read=prior,
+    )
+
+
+def _row_mark(source: SqlSourceConfig, values: Mapping[str, JSON]) -> tuple[bytes, bytes]:
+    """A database row's identity for a resume: its key and cursor values, as read."""
+    cursor = orjson.dumps(values.get(source.cursor)) if source.cursor else b""
+    return orjson.dumps(values.get(source.key)), cursor
 
 
 async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
@@ -496,8 +527,11 @@ async def _rows(
             yield item
         return
     offset = plan.seq_offsets.get(stream.name, 0)
+    done = plan.done_rows.get(stream.name)
     async with open_reader(source, since=since, environ=environ) as reader:
         async for row in reader:
+            if done and isinstance(row, SourceRow) and _row_mark(source, row.values) in done:
+                continue  # resumed: it already has its outcome in this run (counted in prior_read)
             yield replace(row, seq=row.seq + offset) if offset else row
 
 

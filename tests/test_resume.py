@@ -121,3 +121,46 @@ async def test_retry_codes_narrow_the_redrive(tmp_path: Path, sandbox: Sandbox) 
     first = await run(config)
     second = await run(config, redrive=Redrive(run_id=first.summary.run_id, codes=frozenset({"RECORD_LOCKED"})))
     assert second.summary.read == 0 and second.summary.adds_up
+
+
+async def test_resume_of_a_database_stream_redoes_nothing(tmp_path: Path) -> None:
+    """A stopped run reading a table resumes from its stored position; no row gets a second outcome."""
+    import sqlite3
+
+    erp = sqlite3.connect(tmp_path / "erp.db")
+    erp.execute("CREATE TABLE contacts (id INTEGER PRIMARY KEY, erp_id TEXT, last_name TEXT, updated_at TEXT)")
+    erp.executemany(
+        "INSERT INTO contacts VALUES (?, ?, ?, ?)",
+        [(i, f"C{i}", f"New{i}", f"2026-01-01T00:00:{i % 7:02d}Z") for i in range(2000)],
+    )
+    erp.commit()
+    async with Sandbox(SandboxOptions(latency_ms=(5, 10))) as sb:
+        sb.state.load(
+            {"records": {"Contacts": [{"External_Contact_ID": f"C{i}", "Last_Name": "Old"} for i in range(2000)]}}
+        )
+        table = {
+            "kind": "sqlite",
+            "path": str(tmp_path / "erp.db"),
+            "table": "contacts",
+            "key": "id",
+            "cursor": "updated_at",
+            "page_size": 97,
+        }
+        config = write_config(
+            tmp_path / "sync.toml",
+            sb.url,
+            [{**stream(tmp_path / "unused.csv", batch_size=50), "source": table}],
+            concurrency=2,
+        )
+        control = RunControl()
+        first = await run_sync(
+            config, SECRETS, options=RunOptions(policy=FAST), progress=StopAfter(control, 300), control=control
+        )
+        assert first.interrupted and 300 <= first.summary.succeeded < 2000
+        second = await run(config, resume=first.summary.run_id)
+        r = second.summary
+        assert (r.run_id, r.state, r.read, r.succeeded, r.pending) == (first.summary.run_id, "completed", 2000, 2000, 0)
+        rows = await ledger_rows(config.ledger.path, r.run_id)
+        keys = [row.key for row in rows]
+        assert len(keys) == 2000 and len(set(keys)) == 2000  # one outcome per source row
+        assert (sb.state.find_by_field("Contacts", "External_Contact_ID", "C1999") or {})["Last_Name"] == "New1999"

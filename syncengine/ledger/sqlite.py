@@ -375,6 +375,11 @@ class SqliteLedger:
                 conn.executemany(_INSERT, rows)
                 if digests:
                     conn.executemany("INSERT OR REPLACE INTO digests (stream, key, digest) VALUES (?, ?, ?)", digests)
+                if positions:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO positions (stream, position, updated_at) VALUES (?, ?, ?)",
+                        [(stream, orjson.dumps(p).decode(), time.time()) for stream, p in positions.items()],
+                    )
                 if credits:
                     conn.execute(
                         "INSERT INTO credits (at, run_id, credits) VALUES (?, ?, ?)", (time.time(), run_id, credits)
@@ -419,6 +424,17 @@ class SqliteLedger:
                 "SELECT COALESCE(MAX(seq), 0) FROM outcomes WHERE run_id = ? AND stream = ?", (run_id, stream)
             )
             return int(row.fetchone()[0])
+
+        return await self._run(f"cannot read run {run_id}", load)
+
+    async def source_rows_after(self, run_id: int, stream: str, seq: int) -> list[JSON]:
+        """The source rows of a run's outcomes above ``seq`` (a checkpoint): what a resume must not redo."""
+
+        def load() -> list[JSON]:
+            rows = self._connection().execute(
+                "SELECT source_row FROM outcomes WHERE run_id = ? AND stream = ? AND seq > ?", (run_id, stream, seq)
+            )
+            return [orjson.loads(r[0]) for r in rows if r[0] is not None]
 
         return await self._run(f"cannot read run {run_id}", load)
 
