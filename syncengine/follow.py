@@ -16,14 +16,18 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import anyio
+import structlog
 
 from syncengine.config import SourceConfig
+from syncengine.errors import SourceError
 from syncengine.intake import IDLE
 from syncengine.positions import fingerprint
 from syncengine.readers import Reader, Row, open_reader
 from syncengine.readers.sql import Position, SqlRow
 
 __all__ = ["follow_file", "follow_table"]
+
+log = structlog.get_logger("syncengine.follow")
 
 _REPLAYS_KEPT = 100_000  # rows remembered to drop their lag-window replays: bounded memory
 
@@ -36,12 +40,15 @@ async def follow_file(source: SourceConfig, *, interval: float) -> AsyncIterator
         now = fingerprint(source)
         if now != seen and not now.startswith("unreadable"):
             last = 0
-            async with open_reader(source) as reader:
-                async for row in reader:
-                    last = row.seq
-                    yield replace(row, seq=offset + row.seq)
+            try:
+                async with open_reader(source) as reader:
+                    async for row in reader:
+                        last = row.seq
+                        yield replace(row, seq=offset + row.seq)
+                seen = now
+            except SourceError as exc:  # replaced mid-read, say: try again at the next poll
+                log.warning("syncengine.source_retrying", source=str(source.path), reason=str(exc))
             offset += last
-            seen = now
         yield IDLE
         await anyio.sleep(interval)
 
@@ -57,18 +64,21 @@ async def follow_table(
     seq = 0
     read: OrderedDict[tuple[str, str], None] = OrderedDict()  # (key, cursor) of rows read lately
     while True:
-        async with open_table(position) as reader:
-            async for row in reader:
-                assert isinstance(row, SqlRow)
-                mark = (repr(row.position[1]), repr(row.position[0]))
-                if row.replay and mark in read:
-                    continue  # read before by this follower, unchanged since: not a new change
-                read[mark] = None
-                if len(read) > _REPLAYS_KEPT:
-                    read.popitem(last=False)
-                seq += 1
-                if not row.replay:
-                    position = row.position
-                yield replace(row, seq=seq)
+        try:
+            async with open_table(position) as reader:
+                async for row in reader:
+                    assert isinstance(row, SqlRow)
+                    mark = (repr(row.position[1]), repr(row.position[0]))
+                    if row.replay and mark in read:
+                        continue  # read before by this follower, unchanged since: not a new change
+                    read[mark] = None
+                    if len(read) > _REPLAYS_KEPT:
+                        read.popitem(last=False)
+                    seq += 1
+                    if not row.replay:
+                        position = row.position
+                    yield replace(row, seq=seq)
+        except SourceError as exc:  # a locked or unreachable database: a watch waits for it
+            log.warning("syncengine.source_retrying", source=str(exc.source), reason=exc.reason)
         yield IDLE
         await anyio.sleep(interval)

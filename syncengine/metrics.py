@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -33,7 +33,7 @@ class Telemetry:
     refreshes: Callable[[], int] = lambda: 0
     run_id: int | None = None
     state: str = "starting"
-    started: float = time.time()
+    started: float = field(default_factory=time.time)
 
 
 class _Collector(Collector):

@@ -328,7 +328,8 @@ async def run_sync(
                 state = "failed"
                 raise ledger_failure
             if control.stop_requested.is_set():
-                state = "interrupted"
+                # A watch ends on request; what it held is read again from the stored positions next time.
+                state = "completed" if options.watch is not None else "interrupted"
             elif batcher.stopped:
                 state = "failed" if fatal else "paused"
             else:
@@ -429,7 +430,10 @@ async def _plan(config: Config, ledger: SqliteLedger, options: RunOptions, dry_r
     done_rows = {
         s.name: {
             _row_mark(s.source, row)
-            for row in await ledger.source_rows_after(run_id, s.name, start_after.get(s.name, 0))
+            # Above the checkpoint, and the last rows before it too: the lag window re-reads those.
+            for row in await ledger.source_rows_after(
+                run_id, s.name, max(0, min(start_after.get(s.name, 0), offsets[s.name] - _LAG_ROWS))
+            )
             if isinstance(row, dict) and isinstance(s.source, SqlSourceConfig)
         }
         for s in tables
@@ -447,6 +451,9 @@ async def _plan(config: Config, ledger: SqliteLedger, options: RunOptions, dry_r
         done_rows=done_rows,
         prior_read=prior,
     )
+
+
+_LAG_ROWS = 20_000  # rows before a database stream's checkpoint that a resume's lag re-read may meet
 
 
 def _row_mark(source: SqlSourceConfig, values: Mapping[str, JSON]) -> tuple[bytes, bytes]:

@@ -316,8 +316,9 @@ class Worker:
             try:
                 await self._send(payload, book.open_items(payload.items), started, book)
                 return
-            except (CrmUnavailable, CreditsExhausted) as outage:
-                if not self._persistent:
+            except (CrmUnavailable, CreditsExhausted, TransportError) as outage:
+                # A token endpoint that cannot be reached is an outage too; a rejected certificate is not.
+                if not self._persistent or (isinstance(outage, TransportError) and not outage.retryable):
                     raise
                 outages += 1
                 cap = 300.0 if isinstance(outage, CreditsExhausted) else 60.0

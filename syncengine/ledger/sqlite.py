@@ -266,7 +266,8 @@ class SqliteLedger:
             row = (
                 self._connection()
                 .execute(
-                    "SELECT id, state FROM runs WHERE config_file = ? AND dry_run = 0 ORDER BY id DESC LIMIT 1",
+                    "SELECT id, state FROM runs WHERE config_file = ? AND dry_run = 0 AND retry_of IS NULL"
+                    " ORDER BY id DESC LIMIT 1",
                     (config_file,),
                 )
                 .fetchone()
