@@ -40,6 +40,17 @@ def contacts_stream(path: Path, **extra: Any) -> dict[str, Any]:
     }
 
 
+def leads_stream(path: Path) -> dict[str, Any]:
+    return {
+        "name": "leads",
+        "operation": "update",
+        "module": "Leads",
+        "source": {"kind": "jsonl", "path": str(path)},
+        "match": {"column": "id"},
+        "fields": {"Company": "company"},
+    }
+
+
 async def outcomes(config_path: Path, run_id: int) -> list[Any]:
     async with SqliteLedger(config_path.parent / "ledger.db") as ledger:
         return [row async for row in ledger.outcomes(run_id)]
@@ -73,16 +84,7 @@ async def test_update_by_record_id_from_jsonl(tmp_path: Path, sandbox: Sandbox) 
     config = write_config(
         tmp_path / "sync.toml",
         sandbox.url,
-        [
-            {
-                "name": "leads",
-                "operation": "update",
-                "module": "Leads",
-                "source": {"kind": "jsonl", "path": str(src)},
-                "match": {"column": "id"},
-                "fields": {"Company": "company"},
-            }
-        ],
+        [leads_stream(src)],
     )
     result = await run(config)
     s = result.summary
@@ -345,16 +347,7 @@ async def test_all_records_refused_is_400_with_data(tmp_path: Path, sandbox: San
     config = write_config(
         tmp_path / "sync.toml",
         sandbox.url,
-        [
-            {
-                "name": "leads",
-                "operation": "update",
-                "module": "Leads",
-                "source": {"kind": "jsonl", "path": str(src)},
-                "match": {"column": "id"},
-                "fields": {"Company": "company"},
-            }
-        ],
+        [leads_stream(src)],
     )
     result = await run(config)
     rows = await outcomes(config.file, result.summary.run_id)
