@@ -7,6 +7,8 @@
 - ``POST /__sandbox/faults``         change options (JSON object of option -> value); answers the options
 - ``GET  /__sandbox/faults``         the options in force
 - ``POST /__sandbox/expire-tokens``  invalidate every issued access token
+- ``GET  /__sandbox/history``        ``{"history": [...]}``: every applied write, in order (``?since=N``: the
+  entries after entry N); needs ``record_history`` (``syncengine sandbox --history``), else a 400
 """
 
 from __future__ import annotations
@@ -82,7 +84,16 @@ def add_admin_routes(app: web.Application, sb: Sandbox) -> None:
         sb.expire_tokens()
         return _ok({"status": "expired"})
 
+    async def history(request: web.Request) -> web.Response:
+        if not sb.state.record_history:
+            return _ok({"error": "history is off: start the sandbox with --history (record_history)"}, status=400)
+        raw = request.query.get("since", "0")
+        if not raw.isdigit():
+            return _ok({"error": f"since must be a non-negative integer, not {raw!r}"}, status=400)
+        return _ok({"history": sb.state.history_since(int(raw))})
+
     app.router.add_get(f"{ADMIN_PREFIX}/stats", stats)
+    app.router.add_get(f"{ADMIN_PREFIX}/history", history)
     app.router.add_post(f"{ADMIN_PREFIX}/reset", reset)
     app.router.add_get(f"{ADMIN_PREFIX}/dump", dump)
     app.router.add_post(f"{ADMIN_PREFIX}/seed", seed)

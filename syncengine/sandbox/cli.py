@@ -58,7 +58,11 @@ async def _serve(options: SandboxOptions, want_dump: bool) -> bytes | None:
         click.echo(f"Zoho CRM sandbox listening on {sb.url}")
         click.echo(f"  accounts URL : {sb.url}/oauth/v2/token")
         click.echo(f"  API base     : {sb.url}/crm/v7")
-        click.echo(f"  admin        : {sb.url}/__sandbox/stats (also: reset, dump, seed, faults, expire-tokens)")
+        click.echo(
+            f"  admin        : {sb.url}/__sandbox/stats (also: reset, dump, seed, faults, expire-tokens"
+            + (", history" if options.record_history else "")
+            + ")"
+        )
         click.echo(f"  client_id    : {options.client_id}")
         click.echo(f"  client_secret: {options.client_secret}")
         click.echo(f"  refresh_token: {options.refresh_token}")
@@ -177,6 +181,11 @@ async def _serve(options: SandboxOptions, want_dump: bool) -> bytes | None:
     metavar="MODULE",
     help="Module whose every call answers 403 NO_PERMISSION (repeatable).",
 )
+@click.option(
+    "--history",
+    is_flag=True,
+    help="Keep every applied write, in order, for GET /__sandbox/history (memory grows with the writes).",
+)
 def sandbox_command(
     *,
     host: str,
@@ -200,6 +209,7 @@ def sandbox_command(
     static_tokens: tuple[str, ...],
     scoped_tokens: tuple[tuple[str, str], ...],
     no_permission_modules: tuple[str, ...],
+    history: bool,
 ) -> None:
     """Run a Zoho CRM v7-compatible sandbox server with real state, limits and reproducible faults."""
     try:
@@ -224,6 +234,7 @@ def sandbox_command(
             static_tokens=static_tokens,
             scoped_tokens=scoped_tokens,
             no_permission_modules=no_permission_modules,
+            record_history=history,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

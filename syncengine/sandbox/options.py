@@ -1,8 +1,8 @@
 """The sandbox's settings: where it listens, its limits, its faults and its credentials.
 
 The defaults are well-behaved: no faults, no limits except 100 records per call and the
-sub-concurrency of 10, tokens that live an hour. Everything but ``host``, ``port``, ``schema`` and
-``data_file`` can be changed while the sandbox runs (``Sandbox.set_faults``).
+sub-concurrency of 10, tokens that live an hour. Everything but ``host``, ``port``, ``schema``,
+``data_file`` and ``record_history`` can be changed while the sandbox runs (``Sandbox.set_faults``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from syncengine.sandbox.schema import DEFAULT_SCHEMA, Schema
 __all__ = ["FIXED_OPTIONS", "SandboxOptions"]
 
 # Options fixed at start: changing them needs a new server or a new state.
-FIXED_OPTIONS = frozenset({"host", "port", "schema", "data_file"})
+FIXED_OPTIONS = frozenset({"host", "port", "schema", "data_file", "record_history"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,6 +47,7 @@ class SandboxOptions:
     scoped_tokens: tuple[tuple[str, str], ...] = ()  # (token, comma-separated scopes): static, restricted
     no_permission_modules: tuple[str, ...] = ()  # modules whose every call answers 403 NO_PERMISSION
     data_file: Path | None = None  # seed file loaded at start and on reset (JSON or JSONL)
+    record_history: bool = False  # keep every applied write in ``state.history`` (memory grows with writes)
     schema: Schema = DEFAULT_SCHEMA
 
     def __post_init__(self) -> None:

@@ -160,7 +160,7 @@ class Sandbox:
 
     def __init__(self, options: SandboxOptions | None = None) -> None:
         self._options = options or SandboxOptions()
-        self.state = SandboxState(self._options.schema)
+        self.state = SandboxState(self._options.schema, record_history=self._options.record_history)
         self.stats = SandboxStats(records_source=self.state.counts)
         self._tokens = TokenBook(self._options)
         self._rng = random.Random(self._options.seed)

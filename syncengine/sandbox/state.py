@@ -10,9 +10,13 @@ Everything is a dict keyed the way requests address it, so every lookup on the h
   ``Deals/{d}/Contacts/{c}`` are the same link.
 
 The state does no validation of its own: the request handlers validate first, then call
-``insert``/``update``/``link``/``unlink``. Seed files (JSON or JSONL, see ``load``) are trusted.
-Inspection methods (``get_record``, ``find_by_field``, ``related``, ...) return copies, so a test can
-never change the state by accident.
+``insert``/``update``/``link``/``unlink``. With ``record_history`` on, each of those that applied something
+appends one entry to ``history``, in apply order (seed loads do not: they are not writes):
+``{"n": 1, "op": "insert"|"update"|"link"|"unlink", "module": ..., "id": ..., "fields": {...},
+"related_module": ... or None, "related_id": ... or None}``. ``n`` counts from 1; for links, ``id`` is the
+record of the module the call addressed. ``clear`` forgets the history too. Seed files (JSON or JSONL, see
+``load``) are trusted. Inspection methods (``get_record``, ``find_by_field``, ``related``, ...) return
+copies, so a test can never change the state by accident.
 """
 
 from __future__ import annotations
@@ -53,8 +57,10 @@ def _key(value: JSON) -> str | None:
 class SandboxState:
     """Records, indexes and links for every module of a schema."""
 
-    def __init__(self, schema: Schema) -> None:
+    def __init__(self, schema: Schema, *, record_history: bool = False) -> None:
         self.schema = schema
+        self.record_history = record_history  # off by default: a benchmark's memory stays flat
+        self.history: list[dict[str, JSON]] = []
         self.records: dict[str, dict[str, dict[str, JSON]]] = {}
         self.index: dict[str, dict[str, dict[str, dict[str, None]]]] = {}
         self.ids: dict[str, str] = {}  # record id -> module: ids are unique across modules, as in Zoho
@@ -118,6 +124,33 @@ class SandboxState:
         self.index = {m: {f: {} for f in spec.indexed} for m, spec in self.schema.by_name.items()}
         self.ids = {}
         self.links = {}
+        self.history = []
+
+    def history_since(self, n: int) -> list[dict[str, JSON]]:
+        """Copies of the history entries after entry ``n`` (0: all of them)."""
+        return [dict(entry) for entry in self.history[max(0, n) :]]
+
+    def _log(
+        self,
+        op: str,
+        module: str,
+        record_id: str,
+        fields: Mapping[str, JSON],
+        related: tuple[str, str] | None = None,
+    ) -> None:
+        if not self.record_history:
+            return
+        self.history.append(
+            {
+                "n": len(self.history) + 1,
+                "op": op,
+                "module": module,
+                "id": record_id,
+                "fields": dict(fields),
+                "related_module": related[0] if related else None,
+                "related_id": related[1] if related else None,
+            }
+        )
 
     def new_id(self) -> str:
         """A fresh 18-digit id that no record uses."""
@@ -127,9 +160,15 @@ class SandboxState:
                 return rid
 
     def insert(
-        self, module: str, fields: Mapping[str, JSON], *, record_id: str | None = None, now: str | None = None
+        self,
+        module: str,
+        fields: Mapping[str, JSON],
+        *,
+        record_id: str | None = None,
+        now: str | None = None,
+        log: bool = True,
     ) -> str:
-        """Store a new record (already validated) and return its id."""
+        """Store a new record (already validated) and return its id; ``log=False``: not a write (a seed)."""
         spec = self.schema.by_name[module]
         rid = record_id or self.new_id()
         stamp = now or now_iso()
@@ -145,6 +184,8 @@ class SandboxState:
         self.records[module][rid] = rec
         self.ids[rid] = module
         self._index_add(spec, rid, rec)
+        if log:
+            self._log("insert", module, rid, fields)
         return rid
 
     def update(self, module: str, record_id: str, fields: Mapping[str, JSON], *, now: str | None = None) -> None:
@@ -159,6 +200,7 @@ class SandboxState:
                     idx[name].setdefault(key, {})[record_id] = None
             rec[name] = value
         rec["Modified_Time"] = now or now_iso()
+        self._log("update", module, record_id, fields)
 
     def link(
         self,
@@ -167,8 +209,12 @@ class SandboxState:
         related_list: RelatedList,
         related_id: str,
         fields: Mapping[str, JSON],
+        *,
+        log: bool = True,
     ) -> bool:
         """Link two records (or update the link's fields); True when the link is new."""
+        if log:
+            self._log("link", module, record_id, fields, (related_list.related_module, related_id))
         mine = self.links.setdefault((module, record_id), {}).setdefault(related_list.related_module, {})
         existing = mine.get(related_id)
         if existing is not None:
@@ -189,6 +235,7 @@ class SandboxState:
         theirs = self.links.get((related_module, related_id), {}).get(module)
         if theirs is not None:
             theirs.pop(record_id, None)
+        self._log("unlink", module, record_id, {}, (related_module, related_id))
         return True
 
     def _index_add(self, spec: ModuleSpec, rid: str, rec: Mapping[str, JSON]) -> None:
@@ -292,7 +339,7 @@ class SandboxState:
             rid = str(rec["id"]) if rec.get("id") is not None else None
             if rid is not None and rid in self.ids:
                 self._drop(self.ids[rid], rid)
-            self.insert(spec.api_name, fields, record_id=rid, now=stamp)
+            self.insert(spec.api_name, fields, record_id=rid, now=stamp, log=False)
 
     def _load_relation(self, rel: Mapping[str, Any]) -> None:
         spec = self.schema.module(str(rel["module"]))
@@ -303,7 +350,7 @@ class SandboxState:
         for module, some_id in ((spec.api_name, rid), (rl.related_module, tid)):
             if self.ids.get(some_id) != module:
                 raise ValueError(f"seed: relation names {module} {some_id}, which is not a seeded record")
-        self.link(spec.api_name, rid, rl, tid, rel.get("fields") or {})
+        self.link(spec.api_name, rid, rl, tid, rel.get("fields") or {}, log=False)
 
     def _drop(self, module: str, rid: str) -> None:
         rec = self.records[module].pop(rid)
