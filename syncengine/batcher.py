@@ -4,7 +4,8 @@ The invariants (DESIGN §2, promise 2) live here:
 - a key (module, parent, record key) is never in two payloads in flight at once: a change whose key is
   in flight, or queued behind one, waits until the worker reports that payload ``done``;
 - changes to one key apply in source order: they coalesce into one record when they meet in the same
-  open bucket (fields merged, later wins), and otherwise wait their turn;
+  open bucket (fields merged, later wins), and otherwise wait their turn; a group handed over with
+  ``put_group`` is always one record (a resume re-sends what the killed process merged, merged the same way);
 - memory is bounded: ``put`` waits while ``max_buffered`` changes are held (open, waiting or ready).
 
 Workers pull with ``get``; there is no separate timer task, ``get`` itself seals buckets whose linger
@@ -52,7 +53,7 @@ class Batcher:
         self._buckets: dict[Endpoint, _Bucket] = {}
         self._open: dict[OrderKey, _Bucket] = {}  # key -> the open bucket holding it
         self._in_flight: set[OrderKey] = set()
-        self._waiting: dict[OrderKey, deque[tuple[Change, int, float]]] = {}
+        self._waiting: dict[OrderKey, deque[tuple[tuple[Change, ...], int, float]]] = {}
         self._ready: deque[Payload] = deque()
         self._buffered = 0
         self._inputs = 0
@@ -73,14 +74,18 @@ class Batcher:
 
     async def put(self, change: Change, *, max_items: int, linger: float) -> bool:
         """Hand over one change; False (and nothing held) when its stream was halted or the run stopped."""
+        return await self.put_group((change,), max_items=max_items, linger=linger)
+
+    async def put_group(self, group: tuple[Change, ...], *, max_items: int, linger: float) -> bool:
+        """Hand over changes of one key, in source order, that must go out as one record (never split)."""
         while self._buffered >= self._max_buffered and not self._stopped:
             if not self._ready:
                 self._seal_all()  # full of partial buckets: send them rather than wait for linger
             await self._wait()
-        if self._stopped or change.stream in self._halted:
+        if self._stopped or group[0].stream in self._halted:
             return False
-        self._buffered += 1
-        self._admit(change, max_items, linger)
+        self._buffered += len(group)
+        self._admit(group, max_items, linger)
         self._notify()
         return True
 
@@ -131,8 +136,8 @@ class Batcher:
             return
         queued = self._waiting.pop(key, None)
         while queued:
-            change, max_items, linger = queued.popleft()
-            self._admit(change, max_items, linger)
+            group, max_items, linger = queued.popleft()
+            self._admit(group, max_items, linger)
 
     def stop(self) -> None:
         """Stop handing out payloads and taking changes: what is held stays pending, for a resumed run."""
@@ -170,8 +175,8 @@ class Batcher:
                 dropped.extend(sealed.changes)
         self._ready = kept
         for key, queued in list(self._waiting.items()):
-            rest = deque(entry for entry in queued if entry[0].stream != stream)
-            dropped.extend(entry[0] for entry in queued if entry[0].stream == stream)
+            rest = deque(entry for entry in queued if entry[0][0].stream != stream)
+            dropped.extend(change for entry in queued if entry[0][0].stream == stream for change in entry[0])
             if rest:
                 self._waiting[key] = rest
             else:
@@ -188,28 +193,34 @@ class Batcher:
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _admit(self, change: Change, max_items: int, linger: float) -> None:
+    def _admit(self, group: tuple[Change, ...], max_items: int, linger: float) -> None:
+        change = group[0]
         key = change.order_key
         if key in self._in_flight or key in self._waiting:
-            self._waiting.setdefault(key, deque()).append((change, max_items, linger))
+            self._waiting.setdefault(key, deque()).append((group, max_items, linger))
             return
         endpoint: Endpoint = (change.stream, change.target, change.parent)
         holder = self._open.get(key)
         if holder is not None:
             if holder.endpoint == endpoint:
                 item = holder.items[key]
-                item.fields.update(change.fields)
-                item.changes.append(change)
-                holder.changes += 1
+                for later in group:
+                    item.fields.update(later.fields)
+                    item.changes.append(later)
+                holder.changes += len(group)
             else:
-                self._waiting.setdefault(key, deque()).append((change, max_items, linger))
+                self._waiting.setdefault(key, deque()).append((group, max_items, linger))
             return
         bucket = self._buckets.get(endpoint)
         if bucket is None:
             bucket = _Bucket(endpoint=endpoint, max_items=max_items, deadline=self._clock() + linger)
             self._buckets[endpoint] = bucket
-        bucket.items[key] = _Item(key=change.key, fields=dict(change.fields), changes=[change])
-        bucket.changes += 1
+        item = _Item(key=change.key, fields=dict(change.fields), changes=[change])
+        for later in group[1:]:
+            item.fields.update(later.fields)
+            item.changes.append(later)
+        bucket.items[key] = item
+        bucket.changes += len(group)
         self._open[key] = bucket
         if len(bucket.items) >= bucket.max_items:
             self._seal(bucket)

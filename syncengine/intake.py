@@ -1,15 +1,16 @@
 """The reading stage of one stream: rows -> changes -> the batcher.
 
 Per row: skip what a resumed run already finished, map the row (bad rows become INVALID outcomes at
-once), hold deletes to the stream's ``max_deletes``, and skip changes identical to the last one that
-succeeded for their key (``SKIPPED``, code ``UNCHANGED``: no call, no credit). Digests are looked up a
-chunk of changes at a time, off the event loop, never per row.
+once), hold deletes to the stream's ``max_deletes``, and skip changes the CRM already holds (``SKIPPED``,
+code ``UNCHANGED``: no call, no credit; the rule is in ``unchanged.py``). Chains of digests are looked up a
+chunk of changes at a time, off the event loop, never per row. In a resumed run, the changes a call of the
+killed process carried (``plan.InDoubt``) are re-sent first thing, each group merged as it was then.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -21,11 +22,14 @@ from syncengine.config import StreamConfig
 from syncengine.crm.requests import max_items
 from syncengine.errors import SourceError
 from syncengine.ledger import SeqSet, SqliteLedger
+from syncengine.ledger.chains import Chain
 from syncengine.mapping import to_change
 from syncengine.model import Change, Operation, Outcome, Status
+from syncengine.plan import InDoubt
 from syncengine.positions import Checkpoints
 from syncengine.progress import RunProgress
 from syncengine.readers import BadRow, Row, SourceRow, SqlRow
+from syncengine.unchanged import MAX_HELD, Action, Passes, SkipUnchanged
 from syncengine.workers import failed_outcome, send_all
 
 __all__ = ["IDLE", "Intake"]
@@ -54,7 +58,10 @@ class Intake:
         progress: RunProgress,
         checkpoints: Checkpoints,
         skip: SeqSet | None,
-        digests: SqliteLedger | None,
+        chains: SqliteLedger | None,
+        unchanged: SkipUnchanged | None,
+        passes: Passes | None,
+        in_doubt: InDoubt | None,
         halt: Callable[[str, str, str], Awaitable[None]],
         on_source_error: Callable[[str, SourceError], None],
     ) -> None:
@@ -64,26 +71,34 @@ class Intake:
         self._progress = progress
         self._checkpoints = checkpoints
         self._skip = skip
-        self._digests = digests  # None: send everything (--full, or a dry run without a ledger)
+        self._chains = chains
+        self._unchanged = unchanged if chains is not None else None  # None: send everything (--full)
+        self._passes = passes
+        self._in_doubt = in_doubt if in_doubt else None
+        self._doubt_held: dict[tuple[int, ...], list[Change]] = {}  # an in-doubt group, until it is complete
         self._halt = halt
         self._on_source_error = on_source_error
         self._per_call = max_items(stream.target, stream.batch_size)
         self._deletes = 0
         self._chunk: list[Change] = []
+        self._new_pass = False
 
     async def run(self, rows: AsyncIterator[Row | object]) -> None:
         name = self._stream.name
         try:
             async with self._outcomes:
                 async for row in rows:
-                    if row is IDLE:
-                        if not await self._flush():
+                    if row is IDLE:  # a followed source waits for more: what is held goes out now
+                        if not await self._end_pass():
                             return
                         continue
                     assert isinstance(row, SourceRow | BadRow)
                     if self._skip is not None and row.seq in self._skip:
                         self._progress.read[name] += 1  # resumed: it already has its outcome in this run
                         continue
+                    if self._new_pass and self._passes is not None:
+                        self._passes.begin(name, row.seq)
+                        self._new_pass = False
                     self._progress.on_read(name)
                     position = list(row.position) if isinstance(row, SqlRow) and not row.replay else None
                     self._checkpoints.seen(name, row.seq, position)
@@ -94,7 +109,7 @@ class Intake:
                     self._chunk.append(result)
                     if len(self._chunk) >= CHUNK and not await self._flush():
                         return
-                await self._flush()
+                await self._end_pass()
         except SourceError as exc:
             self._on_source_error(name, exc)
         finally:
@@ -104,50 +119,93 @@ class Intake:
                 with anyio.CancelScope(shield=True):
                     await aclose()
 
+    async def _end_pass(self) -> bool:
+        """The rows end (for now): flush, then send what is still held; False when the stream must stop."""
+        if not await self._flush():
+            return False
+        held = [tuple(group) for group in self._doubt_held.values()]  # members never read again: send the rest
+        self._doubt_held.clear()
+        if self._unchanged is not None:
+            held += self._unchanged.finish()
+        for group in held:
+            if not await self._hand_over(group, ()):
+                return False
+        self._new_pass = True
+        return True
+
     async def _flush(self) -> bool:
         """Send the chunk on; False when the stream must stop reading (halted, or the run stopping)."""
         chunk, self._chunk = self._chunk, []
         if not chunk:
             return True
-        known: dict[int, int] = {}
         keys: list[int] = []
-        if self._digests is not None:
+        chains: dict[int, Chain] = {}
+        unchanged = self._unchanged
+        if unchanged is not None and self._chains is not None:
             keys = [c.key_digest() for c in chunk]
-            known = await self._digests.digests(self._stream.name, keys)
+            unchanged.begin_lookup()
+            chains = await self._chains.chains(self._stream.name, keys)
         skipped: list[Outcome] = []
         now = time.time()
         for index, change in enumerate(chunk):
             if index % 32 == 31:
                 await anyio.lowlevel.checkpoint()  # let responses in between: a chunk is ~1 ms of work
-            if known and known.get(keys[index]) == change.digest():
-                skipped.append(
-                    Outcome(
-                        change=change,
-                        status=Status.SKIPPED,
-                        code="UNCHANGED",
-                        message="same as the last change that succeeded: not sent",
-                        started_at=now,
-                        finished_at=now,
-                    )
-                )
-                continue
-            halt = self._over_delete_limit(change)
-            if halt is None and await self._batcher.put(change, max_items=self._per_call, linger=self._stream.linger):
-                continue
-            await send_all(self._outcomes, skipped)
-            if self._batcher.stopped and halt is None:
-                return False  # the run is stopping: the rest of the chunk stays pending, for a resume
-            code, message = (
-                (halt.code, halt.message)
-                if halt
-                else ("STREAM_HALTED", "not sent: the stream was halted by an earlier error")
-            )
-            await send_all(self._outcomes, [failed_outcome(c, code=code, message=message) for c in chunk[index:]])
-            if halt is not None:
-                await self._halt(self._stream.name, halt.code, halt.message)
-            return False
+            doubt = self._in_doubt.groups.get(change.seq) if self._in_doubt is not None else None
+            if doubt is not None:
+                action, group = self._in_doubt_group(doubt, change, keys[index] if keys else None)
+            elif unchanged is not None:
+                action, group = unchanged.decide(change, keys[index], chains.get(keys[index]))
+            else:
+                action, group = Action.SEND, (change,)
+            if action is Action.SKIP:
+                skipped.extend(_unchanged(c, now) for c in group)
+            elif action is Action.SEND:
+                await send_all(self._outcomes, skipped)
+                skipped = []
+                if not await self._hand_over(group, chunk[index + 1 :]):
+                    return False
         await send_all(self._outcomes, skipped)
+        if unchanged is not None and unchanged.held > MAX_HELD:
+            for group in unchanged.overflow():
+                if not await self._hand_over(group, ()):
+                    return False
         return True
+
+    def _in_doubt_group(
+        self, group: tuple[int, ...], change: Change, key: int | None
+    ) -> tuple[Action, tuple[Change, ...]]:
+        """A change a call of the killed process carried: re-sent as then, merged with the same changes."""
+        held = self._doubt_held.setdefault(group, [])
+        held.append(change)
+        if len(held) < len(group):
+            return Action.HOLD, ()
+        del self._doubt_held[group]
+        if self._unchanged is not None and key is not None:
+            self._unchanged.sent(key, held)
+        return Action.SEND, tuple(held)
+
+    async def _hand_over(self, group: tuple[Change, ...], rest: Sequence[Change]) -> bool:
+        """Give one record's changes to the batcher; when it takes none, settle ``rest`` too and say stop."""
+        halt = None
+        for change in group:
+            halt = halt or self._over_delete_limit(change)
+        if halt is None and await self._batcher.put_group(group, max_items=self._per_call, linger=self._stream.linger):
+            return True
+        if self._batcher.stopped and halt is None:
+            return False  # the run is stopping: the rest stays pending, for a resume
+        code, message = (
+            (halt.code, halt.message)
+            if halt
+            else ("STREAM_HALTED", "not sent: the stream was halted by an earlier error")
+        )
+        held = [c for g in self._doubt_held.values() for c in g]
+        self._doubt_held.clear()
+        if self._unchanged is not None:
+            held += [c for g in self._unchanged.finish() for c in g]
+        await send_all(self._outcomes, [failed_outcome(c, code=code, message=message) for c in (*group, *rest, *held)])
+        if halt is not None:
+            await self._halt(self._stream.name, halt.code, halt.message)
+        return False
 
     def _over_delete_limit(self, change: Change) -> _Halt | None:
         limit = self._stream.max_deletes
@@ -161,3 +219,14 @@ class Intake:
             message=f"the source asks for more than max_deletes = {limit} deletes in one run: the stream is "
             "stopped before sending more; check the source, then raise max_deletes if it is right",
         )
+
+
+def _unchanged(change: Change, now: float) -> Outcome:
+    return Outcome(
+        change=change,
+        status=Status.SKIPPED,
+        code="UNCHANGED",
+        message="the CRM already holds this change: not sent",
+        started_at=now,
+        finished_at=now,
+    )

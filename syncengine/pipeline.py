@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import IO
 
 import anyio
-import orjson
 import structlog
 
 from syncengine.batcher import Batcher
-from syncengine.config import Config, Secrets, SourceConfig, SqlSourceConfig, StreamConfig
+from syncengine.config import Config, Secrets, SourceConfig, StreamConfig
 from syncengine.crm.auth import TokenProvider
 from syncengine.crm.transport import Transport
 from syncengine.errors import (
@@ -39,28 +39,21 @@ from syncengine.errors import (
 )
 from syncengine.follow import follow_file, follow_table
 from syncengine.intake import Intake
-from syncengine.ledger import LedgerWriter, RunSummary, SeqSet, SqliteLedger
+from syncengine.ledger import LedgerWriter, RunSummary, SqliteLedger
 from syncengine.limits import CreditMeter, Limits
 from syncengine.metrics import Telemetry
-from syncengine.model import JSON, Change, Outcome, Status
-from syncengine.positions import Checkpoints, fingerprint, ledger_rows
+from syncengine.model import Outcome
+from syncengine.plan import Plan, Redrive, make_plan, row_mark
+from syncengine.positions import Checkpoints, ledger_rows
 from syncengine.progress import RunProgress
 from syncengine.readers import Reader, Row, SourceRow, open_reader
 from syncengine.readers.sql import Position
+from syncengine.unchanged import Passes, SkipUnchanged
 from syncengine.workers import CallStats, RetryPolicy, Sender, Worker, failed_outcome
 
 __all__ = ["Redrive", "RunControl", "RunOptions", "RunResult", "run_sync"]
 
 log = structlog.get_logger("syncengine.pipeline")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Redrive:
-    """Send again the changes of an earlier run whose outcome has one of these statuses (and codes)."""
-
-    run_id: int
-    statuses: frozenset[Status] = frozenset({Status.FAILED})
-    codes: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,21 +107,6 @@ class RunControl:
         self.abort_requested.set()
 
 
-@dataclass(slots=True)
-class _Plan:
-    """What each stream reads, and what it may skip."""
-
-    run_id: int
-    streams: list[StreamConfig]
-    skip: dict[str, SeqSet]  # resume: seqs that already have a terminal outcome
-    start_after: dict[str, int]  # resume: checkpoints
-    seq_offsets: dict[str, int] = field(default_factory=dict)  # resume: database streams' seqs go on from here
-    # Resume of a database stream: rows above its checkpoint that already have an outcome in this run
-    # (by key and cursor value), and how many outcomes it already has (they count as read).
-    done_rows: dict[str, set[tuple[bytes, bytes]]] = field(default_factory=dict)
-    prior_read: dict[str, int] = field(default_factory=dict)
-
-
 async def run_sync(
     config: Config,
     secrets: Secrets | None,
@@ -163,8 +141,15 @@ async def run_sync(
                 if config.ledger.path.is_file()
                 else None
             )
-        plan = await _plan(config, ledger, options, dry_run)
+        plan = await make_plan(
+            config, ledger, names=options.streams, resume=options.resume, redrive=options.redrive, dry_run=dry_run
+        )
         run_id = plan.run_id
+        # A dry run's throwaway ledger numbers its runs anew: its passes must not pass for a real run's.
+        passes = Passes(-1 if dry_run else run_id)
+        unchanged = (
+            {} if options.full or history is None else {s.name: SkipUnchanged(s.name, passes) for s in plan.streams}
+        )
         dry_out: IO[bytes] | None = (
             stack.enter_context(options.dry_run_path.open("wb")) if options.dry_run_path is not None else None
         )
@@ -203,13 +188,20 @@ async def run_sync(
             telemetry.refreshes = (lambda: tokens.refreshes) if tokens is not None else (lambda: 0)
             telemetry.run_id, telemetry.state = run_id, "running"
         send, receive = anyio.create_memory_object_stream[Outcome](options.outcome_buffer)
+
+        def on_flush(batch: Sequence[Outcome]) -> None:
+            progress.on_flush(batch)
+            for decisions in unchanged.values():
+                decisions.committed(batch)
+
         writer = LedgerWriter(
             ledger,
             run_id,
-            on_flush=progress.on_flush,
+            on_flush=on_flush,
             checkpoints=checkpoints,
             credits=credits.take,
             positions=checkpoints.positions,
+            passes=passes.of,
         )
 
         def on_stop(reason: Exception) -> None:
@@ -243,7 +235,10 @@ async def run_sync(
                 progress=progress,
                 checkpoints=checkpoints,
                 skip=plan.skip.get(stream.name),
-                digests=None if options.full else history,
+                chains=history,
+                unchanged=unchanged.get(stream.name),
+                passes=passes,
+                in_doubt=plan.in_doubt.get(stream.name),
                 halt=halt,
                 on_source_error=on_source_error,
             )
@@ -316,7 +311,8 @@ async def run_sync(
                                     on_stop=on_stop,
                                     dry_run_out=dry_out,
                                     persistent=options.watch is not None,
-                                    maybe_sent=_maybe_sent(plan) if options.resume is not None else None,
+                                    possibly_sent=plan.possibly_sent if plan.resumed else None,
+                                    journal=None if dry_run else partial(ledger.dispatch, run_id),
                                 )
                                 work.start_soon(worker.run)
                         stages.cancel_scope.cancel()  # the work is done: stop waiting for a stop request
@@ -380,105 +376,10 @@ async def run_sync(
     )
 
 
-async def _plan(config: Config, ledger: SqliteLedger, options: RunOptions, dry_run: bool) -> _Plan:
-    """Start a new run, or reopen the one to resume after checking its sources are unchanged."""
-    if options.resume is None:
-        if options.redrive is not None:
-            before = await ledger.summary(options.redrive.run_id)
-            names = [n for n in before.streams if not options.streams or n in options.streams]
-        else:
-            names = list(options.streams) or [s.name for s in config.streams]
-        streams = [config.stream(n) for n in names]
-        if options.redrive is None:
-            _check_sources(streams)
-        run_id = await ledger.start_run(
-            config_file=str(config.file),
-            streams=names,
-            dry_run=dry_run,
-            retry_of=options.redrive.run_id if options.redrive else None,
-        )
-        if options.redrive is None:
-            await ledger.set_sources(
-                run_id, {s.name: fingerprint(s.source) for s in streams if isinstance(s.source, SourceConfig)}
-            )
-        return _Plan(run_id=run_id, streams=streams, skip={}, start_after={})
-    run_id = options.resume
-    before = await ledger.summary(run_id)
-    if before.retry_of is not None:
-        raise SourceError(f"run {run_id}", "a re-drive cannot be resumed; re-drive its parent again instead")
-    streams = [config.stream(n) for n in before.streams]
-    _check_sources(streams)
-    recorded = await ledger.sources(run_id)
-    for stream in streams:
-        if not isinstance(stream.source, SourceConfig):
-            continue  # a database source resumes from its stored position, not a file's seq
-        now = fingerprint(stream.source)
-        if stream.name in recorded and recorded[stream.name] != now:
-            raise SourceError(
-                str(stream.source.path),
-                f"changed since run {run_id} started: resuming would send the wrong rows; "
-                "run it as a new run instead (without --resume)",
-            )
-    start_after = await ledger.checkpoints(run_id)
-    files = [s for s in streams if isinstance(s.source, SourceConfig)]
-    skip = {s.name: await ledger.terminal_seqs(run_id, s.name) for s in files}
-    # A database stream resumes from its stored position; its seqs go on after the ones already recorded,
-    # and rows re-read above the checkpoint that already have an outcome in this run are not redone.
-    tables = [s for s in streams if s not in files]
-    offsets = {s.name: await ledger.max_seq(run_id, s.name) for s in tables}
-    prior = {s.name: len(await ledger.terminal_seqs(run_id, s.name)) for s in tables}
-    done_rows = {
-        s.name: {
-            _row_mark(s.source, row)
-            # Above the checkpoint, and the last rows before it too: the lag window re-reads those.
-            for row in await ledger.source_rows_after(
-                run_id, s.name, max(0, min(start_after.get(s.name, 0), offsets[s.name] - _LAG_ROWS))
-            )
-            if isinstance(row, dict) and isinstance(s.source, SqlSourceConfig)
-        }
-        for s in tables
-    }
-    await ledger.reopen_run(run_id)
-    log.info(
-        "syncengine.run_resuming", run_id=run_id, done={k: len(v) for k, v in skip.items()}, checkpoints=start_after
-    )
-    return _Plan(
-        run_id=run_id,
-        streams=streams,
-        skip=skip,
-        start_after=start_after,
-        seq_offsets=offsets,
-        done_rows=done_rows,
-        prior_read=prior,
-    )
-
-
-_LAG_ROWS = 20_000  # rows before a database stream's checkpoint that a resume's lag re-read may meet
-
-
-def _row_mark(source: SqlSourceConfig, values: Mapping[str, JSON]) -> tuple[bytes, bytes]:
-    """A database row's identity for a resume: its key and cursor values, as read."""
-    cursor = orjson.dumps(values.get(source.cursor)) if source.cursor else b""
-    return orjson.dumps(values.get(source.key)), cursor
-
-
 async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
     """Cancel ``scope`` when ``event`` is set (the task is cancelled with its group when the work is done)."""
     await event.wait()
     scope.cancel()
-
-
-def _maybe_sent(plan: _Plan) -> Callable[[Change], bool]:
-    """In a resumed run: could this change have reached the CRM before the last process died?
-
-    Everything at or below a file stream's checkpoint had its outcome committed; anything above it, and
-    any row of a database stream, may have been in flight.
-    """
-
-    def check(change: Change) -> bool:
-        return change.stream not in plan.skip or change.seq > plan.start_after.get(change.stream, 0)
-
-    return check
 
 
 async def _credits_left(budget: int | None, ledger: SqliteLedger | None) -> int | None:
@@ -491,18 +392,8 @@ async def _credits_left(budget: int | None, ledger: SqliteLedger | None) -> int 
     return max(0, budget - spent)
 
 
-def _check_sources(streams: Sequence[StreamConfig]) -> None:
-    """Fail before the run starts, not halfway, when a source file is not there."""
-    for stream in streams:
-        if not isinstance(stream.source, SourceConfig):
-            continue  # a database is checked when its reader opens
-        path = Path(stream.source.path)
-        if not path.is_file():
-            raise SourceError(str(path), f"stream {stream.name!r}: no such file")
-
-
 async def _rows(
-    stream: StreamConfig, ledger: SqliteLedger, options: RunOptions, plan: _Plan
+    stream: StreamConfig, ledger: SqliteLedger, options: RunOptions, plan: Plan
 ) -> AsyncIterator[Row | object]:
     """The rows a stream reads in this run: a file, a table after its stored position, or a re-drive's."""
     source = stream.source
@@ -537,7 +428,7 @@ async def _rows(
     done = plan.done_rows.get(stream.name)
     async with open_reader(source, since=since, environ=environ) as reader:
         async for row in reader:
-            if done and isinstance(row, SourceRow) and _row_mark(source, row.values) in done:
+            if done and isinstance(row, SourceRow) and row_mark(source, row.values) in done:
                 continue  # resumed: it already has its outcome in this run (counted in prior_read)
             yield replace(row, seq=row.seq + offset) if offset else row
 

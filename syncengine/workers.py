@@ -27,12 +27,14 @@ from syncengine.errors import (
     AuthError,
     CreditsExhausted,
     CrmUnavailable,
+    LedgerError,
     SecretsError,
     StreamHalted,
     TransportError,
 )
 from syncengine.limits import CreditMeter, Limits
 from syncengine.model import JSON, Change, Operation, Outcome, Payload, PayloadItem, Status
+from syncengine.plan import order_text
 
 __all__ = ["BudgetReached", "CallStats", "RetryPolicy", "Sender", "Worker"]
 
@@ -94,6 +96,8 @@ class GaveUp:
 
 
 Send = Callable[[Call], Awaitable[HttpResponse]]
+# Journals a call before it goes out: (stream, per record its key and the seqs merged into it) -> call id.
+Journal = Callable[[str, Sequence[tuple[str, Sequence[int]]]], Awaitable[int]]
 
 
 class Sender:
@@ -252,7 +256,8 @@ class Worker:
         on_stop: RunStop,
         dry_run_out: IO[bytes] | None = None,
         persistent: bool = False,
-        maybe_sent: Callable[[Change], bool] | None = None,
+        possibly_sent: Callable[[Change], int | None] | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self._sender = sender
         self._batcher = batcher
@@ -264,8 +269,9 @@ class Worker:
         self._on_stop = on_stop
         self._dry_run_out = dry_run_out
         self._persistent = persistent  # watch: outages are waited out, never the end of the run
-        # A resumed run re-sends what was in flight when the last process died: it may have been applied.
-        self._maybe_sent = maybe_sent
+        # A resumed run: the journaled call of the killed process that may have applied a change, if any.
+        self._possibly_sent = possibly_sent
+        self._journal = journal  # records each call before it goes out (None: a dry run)
 
     async def run(self) -> None:
         while (payload := await self._batcher.get()) is not None:
@@ -305,7 +311,15 @@ class Worker:
                 note=f"stream {halted.stream!r} halted",
             )
             await self._on_halt(halted)
-        except (BudgetReached, CreditsExhausted, CrmUnavailable, AuthError, SecretsError, TransportError) as stop:
+        except (
+            BudgetReached,
+            CreditsExhausted,
+            CrmUnavailable,
+            AuthError,
+            SecretsError,
+            TransportError,
+            LedgerError,  # the dispatch journal cannot be written: nothing more may be sent
+        ) as stop:
             # The records without an outcome stay pending: a resumed run sends them.
             self._on_stop(stop)
 
@@ -332,14 +346,13 @@ class Worker:
     async def _send(self, payload: Payload, items: Sequence[PayloadItem], started: float, book: _Ledger) -> None:
         pending = list(items)
         last_code, last_message, last_status = "", "", None
-        ambiguous = False
+        stream = pending[0].changes[0].stream
         for round_ in range(self._policy.record_attempts):
             sub = replace(payload, items=tuple(pending))
-            result = await self._sender.send(
-                sub, build_call(sub, self._api_base, trigger=self._trigger), pending[0].changes[0].stream
-            )
+            if self._journal is not None:
+                await self._journal(stream, [(order_text(i.changes[0]), [c.seq for c in i.changes]) for i in pending])
+            result = await self._sender.send(sub, build_call(sub, self._api_base, trigger=self._trigger), stream)
             book.add(pending, result.calls)
-            ambiguous |= result.ambiguous
             if isinstance(result, GaveUp):
                 await self._emit(
                     pending,
@@ -371,43 +384,57 @@ class Worker:
                     details=verdict.details,
                 )
                 return
-            retry: list[PayloadItem] = []
-            for item, record in zip(pending, verdict.results, strict=True):
-                if record.transient:
-                    retry.append(item)
-                    last_code, last_message, last_status = record.code, record.message, verdict.http_status
-                    continue
-                status, code, message, note = Status.REJECTED, record.code, record.message, None
-                if record.success:
-                    status = Status.SUCCESS
-                elif (
-                    payload.target.operation is Operation.DELETE_RELATED
-                    and relation_not_found(record)
-                    and (ambiguous or (self._maybe_sent is not None and self._maybe_sent(item.changes[0])))
-                ):
-                    # A delink retried after a drop that may have been applied: it was.
-                    status, code, message = Status.SUCCESS, "SUCCESS", "relation removed"
-                    note = "ambiguous retry: an earlier try had already removed the relation"
-                await self._emit(
-                    (item,),
-                    book,
-                    started,
-                    status=status,
-                    code=code,
-                    message=message,
-                    crm_id=record.crm_id,
-                    http_status=verdict.http_status,
-                    details=record.details,
-                    note=note,
-                )
+            # Only the first round's records can have been applied by an earlier process: a later round
+            # re-sends records this process saw locked, which is proof they were not.
+            earlier = self._possibly_sent if round_ == 0 else None
+            removed = _removed_earlier(payload, pending, verdict, ambiguous=result.ambiguous, earlier=earlier)
+            retry = await self._settle(pending, verdict, removed, started, book)
             if not retry:
                 return
+            record = next(r for i, r in zip(pending, verdict.results, strict=True) if i is retry[-1])
+            last_code, last_message, last_status = record.code, record.message, verdict.http_status
             pending = retry
             if round_ + 1 < self._policy.record_attempts:
                 await anyio.sleep(self._policy.backoff(round_))
         await self._emit(
             pending, book, started, status=Status.FAILED, code=last_code, message=last_message, http_status=last_status
         )
+
+    async def _settle(
+        self,
+        pending: Sequence[PayloadItem],
+        verdict: Records,
+        removed: set[int],
+        started: float,
+        book: _Ledger,
+    ) -> list[PayloadItem]:
+        """Emit each record's outcome; return the records to send again (transient trouble)."""
+        retry: list[PayloadItem] = []
+        for item, record in zip(pending, verdict.results, strict=True):
+            if record.transient:
+                retry.append(item)
+                continue
+            status, code, message, note = Status.REJECTED, record.code, record.message, None
+            if record.success:
+                status = Status.SUCCESS
+            elif id(item) in removed:
+                status, code, message = Status.SUCCESS, "SUCCESS", "relation removed"
+                note = (
+                    "ambiguous retry: an earlier try of this change may have removed the relation (its answer was lost)"
+                )
+            await self._emit(
+                (item,),
+                book,
+                started,
+                status=status,
+                code=code,
+                message=message,
+                crm_id=record.crm_id,
+                http_status=verdict.http_status,
+                details=record.details,
+                note=note,
+            )
+        return retry
 
     async def _emit(
         self,
@@ -455,6 +482,37 @@ class Worker:
             "body": orjson.loads(call.body) if call.body else None,
         }
         self._dry_run_out.write(orjson.dumps(line) + b"\n")
+
+
+def _removed_earlier(
+    payload: Payload,
+    pending: Sequence[PayloadItem],
+    verdict: Records,
+    *,
+    ambiguous: bool,
+    earlier: Callable[[Change], int | None] | None,
+) -> set[int]:
+    """The delinks answered "relation not found" that an earlier try may really have removed (``id(item)``).
+
+    An earlier try counts only if it may have reached the CRM (this call retried after a drop or a 5xx, or a
+    journaled call of a killed process carried the change) and nothing shows it was not applied: when the
+    answer removed a relation that the earlier try carried too, that try removed nothing, so a "not found"
+    beside it is the CRM's real answer.
+    """
+    if payload.target.operation is not Operation.DELETE_RELATED or not (ambiguous or earlier is not None):
+        return set()
+    results = list(zip(pending, verdict.results, strict=True))
+    removed_now = [item for item, record in results if record.success]
+    # Retries of this call carried exactly these records: one removed now means none was removed before.
+    this_call = ambiguous and not removed_now
+    calls = {id(item): earlier(item.changes[0]) for item, _ in results} if earlier is not None else {}
+    disproved = {calls[id(item)] for item in removed_now if calls.get(id(item)) is not None}
+    return {
+        id(item)
+        for item, record in results
+        if relation_not_found(record)
+        and (this_call or (calls.get(id(item)) is not None and calls[id(item)] not in disproved))
+    }
 
 
 def _bisectable(payload: Payload, verdict: Refused) -> bool:

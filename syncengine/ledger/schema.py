@@ -22,7 +22,7 @@ from typing import Final
 
 __all__ = ["SCHEMA_VERSION", "NewerSchema", "migrate"]
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 
 _V1: Final = """
 CREATE TABLE runs (
@@ -111,8 +111,26 @@ CREATE TABLE positions (
 ) WITHOUT ROWID;
 """
 
+# Skip-unchanged remembers a key's whole sequence of changes, not only the last (``ledger/chains.py``): the
+# run that wrote it and the digests packed as big-endian int64s (NULL in rows of older ledgers: ``digest``
+# alone). Dispatches: one row per call, written before it goes out, so a resume knows what may have been sent.
+_V5: Final = """
+ALTER TABLE digests ADD COLUMN run_id INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE digests ADD COLUMN chain BLOB;
+
+CREATE TABLE dispatches (
+    id     INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    at     REAL NOT NULL,                      -- epoch seconds
+    groups TEXT NOT NULL                       -- JSON [[key, [seq, ...]], ...]: per record, the seqs merged into it
+);
+
+CREATE INDEX dispatches_run ON dispatches (run_id);
+"""
+
 # Each entry takes the schema from version i to i + 1.
-_MIGRATIONS: Final = (_V1, _V2, _V3, _V4)
+_MIGRATIONS: Final = (_V1, _V2, _V3, _V4, _V5)
 
 
 class NewerSchema(Exception):

@@ -26,6 +26,15 @@ import anyio
 import orjson
 
 from syncengine.errors import LedgerError
+from syncengine.ledger.chains import (
+    Chain,
+    Dispatch,
+    chain_rows,
+    load_chains,
+    load_dispatches,
+    store_dispatch,
+    upsert_chains,
+)
 from syncengine.ledger.schema import NewerSchema, migrate
 from syncengine.ledger.values import (
     ErrorCount,
@@ -240,6 +249,8 @@ class SqliteLedger:
                     "UPDATE runs SET state = ?, finished_at = ?, read = ?, counts = ? WHERE id = ?",
                     (final.value, finished_at, orjson.dumps(dict(read)).decode(), _snapshot(summary), run_id),
                 )
+                if summary.pending == 0:  # nothing left to resume: what was sent no longer matters
+                    conn.execute("DELETE FROM dispatches WHERE run_id = ?", (run_id,))
             return summary
 
         return await self._run(f"cannot finish run {run_id}", finish)
@@ -342,12 +353,13 @@ class SqliteLedger:
         credits: int = 0,
         remember: bool = True,
         positions: Mapping[str, JSON] | None = None,
+        passes: Callable[[str, int], int] | None = None,
     ) -> None:
         """Write a batch of terminal outcomes, and the checkpoints they cover, in one transaction.
 
         All or nothing: after a kill at any instant, the batch is either wholly in the ledger or not at all.
-        ``credits`` is what the calls behind the batch cost; with ``remember``, each SUCCESS also records
-        its change's digest, so an unchanged change can be skipped next time.
+        ``credits`` is what the calls behind the batch cost; with ``remember``, each SUCCESS (and each change
+        skipped as unchanged) extends its key's chain of digests, so an unchanged export is skipped next time.
         """
         for outcome in outcomes:
             if outcome.status not in TERMINAL:
@@ -361,21 +373,11 @@ class SqliteLedger:
         def append() -> None:
             conn = self._connection()
             rows = [_row(run_id, o) for o in outcomes]  # built here, off the event loop
-            # Sorted by key: the inserts land in order in the index, touching fewer pages per batch.
-            digests = (
-                sorted(
-                    (o.change.stream, o.change.key_digest(), o.change.digest())
-                    for o in outcomes
-                    if o.status is Status.SUCCESS
-                )
-                if remember
-                else []
-            )
+            chains = chain_rows(passes or (lambda _stream, _seq: run_id << 20), outcomes) if remember else {}
             with _transaction(conn):
                 self._run_row(conn, run_id)
                 conn.executemany(_INSERT, rows)
-                if digests:
-                    conn.executemany("INSERT OR REPLACE INTO digests (stream, key, digest) VALUES (?, ?, ?)", digests)
+                upsert_chains(conn, chains)
                 if positions:
                     conn.executemany(
                         "INSERT OR REPLACE INTO positions (stream, position, updated_at) VALUES (?, ?, ?)",
@@ -391,22 +393,30 @@ class SqliteLedger:
 
         await self._run(f"cannot append {len(outcomes)} outcomes to run {run_id}", append)
 
-    async def digests(self, stream: str, keys: Sequence[int]) -> dict[int, int]:
-        """The digest of the last change that succeeded, for those of ``keys`` that have one."""
+    async def chains(self, stream: str, keys: Sequence[int]) -> dict[int, Chain]:
+        """For those of ``keys`` (``Change.key_digest``) that have one: the run that wrote the key's chain, and
+        the digests of its changes that the CRM holds, in source order (``ledger/chains.py``)."""
         if not keys:
             return {}
+        return await self._run(
+            f"cannot read the digests of stream {stream!r}", lambda: load_chains(self._connection(), stream, keys)
+        )
 
-        def load() -> dict[int, int]:
+    async def dispatch(self, run_id: int, stream: str, records: Sequence[tuple[str, Sequence[int]]]) -> int:
+        """Journal a call before it goes out (per record: its key, the seqs merged into it); returns its id."""
+
+        def store() -> int:
             conn = self._connection()
-            found: dict[int, int] = {}
-            for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
-                chunk = keys[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                query = f"SELECT key, digest FROM digests WHERE stream = ? AND key IN ({marks})"
-                found.update(conn.execute(query, (stream, *chunk)).fetchall())
-            return found
+            with _transaction(conn):
+                return store_dispatch(conn, run_id, stream, records)
 
-        return await self._run(f"cannot read the digests of stream {stream!r}", load)
+        return await self._run(f"cannot journal a call of run {run_id}", store)
+
+    async def dispatches(self, run_id: int) -> list[Dispatch]:
+        """The calls a run journaled, oldest first."""
+        return await self._run(
+            f"cannot read the calls of run {run_id}", lambda: load_dispatches(self._connection(), run_id)
+        )
 
     async def source_position(self, stream: str) -> JSON:
         """Where a database stream's next read starts (its stored ``[cursor, key]``), or None."""

@@ -35,6 +35,7 @@ class LedgerWriter:
         credits: Callable[[], int] | None = None,
         remember: bool = True,
         positions: Callable[[], Mapping[str, JSON]] | None = None,
+        passes: Callable[[str, int], int] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -49,6 +50,7 @@ class LedgerWriter:
         self._credits = credits  # credits spent since the last call: recorded with the batch
         self._remember = remember  # record SUCCESS digests for skip-unchanged
         self._positions = positions  # database streams' positions moved by the batch (after checkpoints)
+        self._passes = passes  # (stream, seq) -> the pass a change was read in, for skip-unchanged's chains
         self.written = 0  # outcomes committed so far
         self.flushes = 0  # transactions committed so far
 
@@ -111,7 +113,13 @@ class LedgerWriter:
         spent = self._credits() if self._credits is not None else 0
         moved = self._positions() if self._positions is not None else None
         await self._ledger.append(
-            self._run_id, batch, positions or None, credits=spent, remember=self._remember, positions=moved or None
+            self._run_id,
+            batch,
+            positions or None,
+            credits=spent,
+            remember=self._remember,
+            positions=moved or None,
+            passes=self._passes,
         )
         self.written += len(batch)
         self.flushes += 1
