@@ -131,7 +131,10 @@ def run(
     help="Serve /metrics (Prometheus) and /healthz on this port (0: any free port).",
 )
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Interface for the metrics server.")
-def watch(config_file: Path, streams: tuple[str, ...], interval: float, metrics_port: int, metrics_host: str) -> None:
+@click.option("--full", is_flag=True, help="Send every change, even one the CRM already holds (no skip-unchanged).")
+def watch(
+    config_file: Path, streams: tuple[str, ...], interval: float, metrics_port: int, metrics_host: str, full: bool
+) -> None:
     """Follow every stream of CONFIG_FILE continuously until SIGTERM or Ctrl-C.
 
     Database sources are read incrementally from their stored position (cursor, key), which advances only
@@ -142,7 +145,7 @@ def watch(config_file: Path, streams: tuple[str, ...], interval: float, metrics_
     for name in streams:
         _guard(functools.partial(config.stream, name))
     secrets = _guard(lambda: load_secrets(config.crm, os.environ))
-    options = RunOptions(streams=streams, watch=interval, environ=dict(os.environ))
+    options = RunOptions(streams=streams, watch=interval, full=full, environ=dict(os.environ))
     sys.exit(execute(config, secrets, options, metrics=(metrics_host, metrics_port)))
 
 
