@@ -93,6 +93,11 @@ class Change:
         """Changes with equal order keys touch the same CRM object and must apply in source order."""
         return (self.target.module, self.parent, self.key)
 
+    @property
+    def record_key(self) -> str:
+        """Parent and key, as the dispatch journal names the record a change went out in."""
+        return f"{self.parent or ''}\x00{self.key}"
+
     def key_digest(self) -> int:
         """A 64-bit digest of what this change addresses (module, parent, key): skip-unchanged's key."""
         text = f"{self.target.module}\x00{self.parent or ''}\x00{self.key}".encode()

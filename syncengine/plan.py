@@ -40,11 +40,6 @@ class Redrive:
     codes: frozenset[str] | None = None
 
 
-def order_text(change: Change) -> str:
-    """A change's key as the dispatch journal stores it: parent and key."""
-    return f"{change.parent or ''}\x00{change.key}"
-
-
 @dataclass(slots=True)
 class InDoubt:
     """The changes of one stream that a call of the killed process carried and that have no outcome.
@@ -60,7 +55,7 @@ class InDoubt:
     def call_of(self, change: Change) -> int | None:
         """The journaled call that may have applied this change before the last process died, if any."""
         found = self.calls.get(change.seq)
-        return found if found is not None else self.keys.get(order_text(change))
+        return found if found is not None else self.keys.get(change.record_key)
 
     @classmethod
     def build(cls, dispatches: Sequence[Dispatch], done: SeqSet, *, by_key: bool) -> InDoubt:

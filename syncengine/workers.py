@@ -34,7 +34,6 @@ from syncengine.errors import (
 )
 from syncengine.limits import CreditMeter, Limits
 from syncengine.model import JSON, Change, Operation, Outcome, Payload, PayloadItem, Status
-from syncengine.plan import order_text
 
 __all__ = ["BudgetReached", "CallStats", "RetryPolicy", "Sender", "Worker"]
 
@@ -350,7 +349,7 @@ class Worker:
         for round_ in range(self._policy.record_attempts):
             sub = replace(payload, items=tuple(pending))
             if self._journal is not None:
-                await self._journal(stream, [(order_text(i.changes[0]), [c.seq for c in i.changes]) for i in pending])
+                await self._journal(stream, [(i.changes[0].record_key, [c.seq for c in i.changes]) for i in pending])
             result = await self._sender.send(sub, build_call(sub, self._api_base, trigger=self._trigger), stream)
             book.add(pending, result.calls)
             if isinstance(result, GaveUp):

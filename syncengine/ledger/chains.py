@@ -85,6 +85,8 @@ def upsert_chains(conn: sqlite3.Connection, batch: Mapping[tuple[str, int], Chai
             before = stored.get(key)
             if before is not None and before[0] == written_by:
                 digests = before[1] + digests
+            elif before is not None and before[1] == digests:
+                continue  # a pass that repeated the chain: as good as the stored one, and no write
             rows.append((stream, key, digests[-1], written_by, _pack(digests)))
     conn.executemany("INSERT OR REPLACE INTO digests (stream, key, digest, run_id, chain) VALUES (?, ?, ?, ?, ?)", rows)
 
