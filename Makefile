@@ -17,6 +17,10 @@ demo: $(BIN)/syncengine
 test: $(BIN)/syncengine
 	$(BIN)/python -m pytest -q
 
+.PHONY: soak
+soak: $(BIN)/syncengine
+	SIM_SCENARIOS=$${SIM_SCENARIOS:-5000} $(BIN)/python -m pytest -q tests/sim
+
 lint: $(BIN)/syncengine
 	$(BIN)/ruff check syncengine tests benchmarks
 	$(BIN)/mypy
