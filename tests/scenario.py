@@ -29,23 +29,45 @@ and the CRM state they must produce, computed here in plain Python, independentl
 
 Every change is valid, so every change must end ``SUCCESS`` whatever transient faults the CRM injects. Each
 relation and each record is changed by one stream only: the order of changes across streams is not defined.
+
+Every row carries a marker that the CRM keeps, so a sandbox history (``record_history``) maps each applied
+write back to its row: ``Last_Name`` ``L<row>`` (``contacts_by_ext``) or ``U<row>`` (``contacts_upsert``),
+``Company`` ``Co <row>`` (``leads_by_id``), the role id of a link (:func:`role_mark`: stream, row and
+role); an unlink is the one row that removes its relation. ``Scenario.keys`` gives each row's key;
+:func:`trace_history` turns a history into :class:`Write` s and :func:`audit_history` checks their order
+(no older row after a newer one) and counts the changes applied more than once.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["Expected", "Scenario", "Sizes", "build_scenario", "publish_figures"]
+__all__ = [
+    "Audit",
+    "Expected",
+    "Scenario",
+    "Sizes",
+    "Write",
+    "audit_history",
+    "build_scenario",
+    "publish_figures",
+    "role_mark",
+    "trace_history",
+]
 
 JSONValue = Any
 
 ROLES = ("111111000000026002", "111111000000026003", "111111000000026004", "111111000000026005")
+# Role ids that the link streams write: "111111", the stream (1: deal_links_ext, 2: deal_links_ids), the row
+# (8 digits) and which of ROLES it stands for (3 digits): 18 digits, like Zoho's ids. Seeded links keep ROLES.
+ROLE_STREAMS = ("deal_links_ext", "deal_links_ids")
 TITLES = ("CEO", "CFO", "CTO", "VP Sales", "Buyer", "Engineer", "Office Manager")
 STATUSES = ("Attempted to Contact", "Contacted", "Not Contacted", "Pre-Qualified")
 SYSTEM_FIELDS = frozenset({"id", "Created_Time", "Modified_Time", "Created_By", "Modified_By"})
@@ -109,6 +131,10 @@ class Scenario:
     sizes: Sizes
     seeded_links: int = 0
     notes: dict[str, int] = field(default_factory=dict)
+    # stream -> the key each row changes, row seq = index + 1: a record id (``contacts_by_ext``,
+    # ``leads_by_id``), an Email (``contacts_upsert``), or ``"deal id/contact id"`` (relations)
+    keys: dict[str, list[str]] = field(default_factory=dict)
+    emails: dict[str, str] = field(default_factory=dict)  # seeded contact id -> its Email
 
     @property
     def total(self) -> int:
@@ -278,6 +304,7 @@ def build_scenario(directory: Path, *, seed: int, sizes: Sizes | None = None) ->
     inserted: dict[str, dict[str, JSONValue]] = {}
     links = {k: dict(v) for k, v in seeded_links.items()}
     changes: dict[str, int] = {}
+    keys: dict[str, list[str]] = {}  # stream -> the key each row changes (row seq = index + 1)
     streams: list[dict[str, Any]] = []
 
     # 1. update by external ID (CSV): repeated keys, empty cells are not sent.
@@ -285,6 +312,7 @@ def build_scenario(directory: Path, *, seed: int, sizes: Sizes | None = None) ->
     rows: list[list[object]] = []
     for seq in range(1, sizes.contact_updates + 1):
         cid = rng.choice(ext_pool)
+        keys.setdefault("contacts_by_ext", []).append(cid)
         title = rng.choice(TITLES) if rng.random() < 0.75 else ""
         description = f"note {seq}" if rng.random() < 0.7 else ""
         rows.append([contact_ext[cid], f"L{seq}", title, description])
@@ -312,6 +340,7 @@ def build_scenario(directory: Path, *, seed: int, sizes: Sizes | None = None) ->
     jrows: list[dict[str, object]] = []
     for seq in range(1, sizes.lead_updates + 1):
         lid = rng.choice(lead_ids)
+        keys.setdefault("leads_by_id", []).append(lid)
         row: dict[str, object] = {"crm_id": int(lid) if rng.random() < 0.2 else lid, "company": f"Co {seq}"}
         update: dict[str, JSONValue] = {"Company": f"Co {seq}"}
         if rng.random() < 0.6:
@@ -361,6 +390,7 @@ def build_scenario(directory: Path, *, seed: int, sizes: Sizes | None = None) ->
         else:
             email = rng.choice(new_emails)
         last_name, phone = f"U{seq}", f"+44 20 {seq:07d}"
+        keys.setdefault("contacts_upsert", []).append(email)
         rows.append([email, last_name, phone])
         fields = {"Email": email, "Last_Name": last_name, "Phone": phone}
         if email in by_email:
@@ -402,7 +432,7 @@ def build_scenario(directory: Path, *, seed: int, sizes: Sizes | None = None) ->
             new_pairs.append(pair)
     new_ext, new_ids = new_pairs[: sizes.new_links_ext], new_pairs[sizes.new_links_ext :]
 
-    def link_rows(pairs: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    def link_rows(pairs: list[tuple[str, str]], stream_no: int) -> list[tuple[str, str, str]]:
         out = [(d, c, rng.choice(ROLES)) for d, c in pairs]
         rng.shuffle(out)
         for d, c, _ in list(out):
@@ -410,20 +440,22 @@ def build_scenario(directory: Path, *, seed: int, sizes: Sizes | None = None) ->
                 # The same relation again, elsewhere in the file, with another role: the later row wins.
                 at = rng.randrange(len(out) + 1)
                 out.insert(at, (d, c, rng.choice(ROLES)))
-        return out
+        # Each row's role id carries the row: the CRM keeps it, so every applied link names its source row.
+        return [(d, c, role_mark(stream_no, seq, role)) for seq, (d, c, role) in enumerate(out, start=1)]
 
     def apply_links(rows_: list[tuple[str, str, str]]) -> None:
         for d, c, role in rows_:
             links.setdefault((d, c), {})["Contact_Role"] = {"id": role}
 
     # 4. update_related by external IDs (CSV)
-    lrows = link_rows(role_ext + new_ext)
+    lrows = link_rows(role_ext + new_ext, 1)
     apply_links(lrows)
     path = directory / "deal_links_ext.csv"
     _write_csv(
         path, ["deal_erp_id", "contact_erp_id", "role_id"], [[deal_ext[d], contact_ext[c], r] for d, c, r in lrows]
     )
     changes["deal_links_ext"] = len(lrows)
+    keys["deal_links_ext"] = [f"{d}/{c}" for d, c, _ in lrows]
     streams.append(
         {
             "name": "deal_links_ext",
@@ -438,11 +470,12 @@ def build_scenario(directory: Path, *, seed: int, sizes: Sizes | None = None) ->
     )
 
     # 5. update_related by record ids (JSONL)
-    lrows = link_rows(role_ids + new_ids)
+    lrows = link_rows(role_ids + new_ids, 2)
     apply_links(lrows)
     path = directory / "deal_links_ids.jsonl"
     _write_jsonl(path, [{"deal_id": d, "contact_id": c, "role": r} for d, c, r in lrows])
     changes["deal_links_ids"] = len(lrows)
+    keys["deal_links_ids"] = [f"{d}/{c}" for d, c, _ in lrows]
     streams.append(
         {
             "name": "deal_links_ids",
@@ -463,6 +496,7 @@ def build_scenario(directory: Path, *, seed: int, sizes: Sizes | None = None) ->
     path = directory / "deal_unlinks_ids.csv"
     _write_csv(path, ["deal_id", "contact_id"], [[d, c] for d, c in del_ids])
     changes["deal_unlinks_ids"] = len(del_ids)
+    keys["deal_unlinks_ids"] = [f"{d}/{c}" for d, c in del_ids]
     streams.append(
         {
             "name": "deal_unlinks_ids",
@@ -481,6 +515,7 @@ def build_scenario(directory: Path, *, seed: int, sizes: Sizes | None = None) ->
     path = directory / "deal_unlinks_ext.csv"
     _write_csv(path, ["deal_erp_id", "contact_erp_id"], [[deal_ext[d], contact_ext[c]] for d, c in del_ext])
     changes["deal_unlinks_ext"] = len(del_ext)
+    keys["deal_unlinks_ext"] = [f"{d}/{c}" for d, c in del_ext]
     streams.append(
         {
             "name": "deal_unlinks_ext",
@@ -501,6 +536,8 @@ def build_scenario(directory: Path, *, seed: int, sizes: Sizes | None = None) ->
         sizes=sizes,
         seeded_links=len(seeded_links),
         notes={"inserts": len(inserted), "links_at_end": len(links)},
+        keys=keys,
+        emails={cid: contact_email[cid] for cid in contact_ids},
     )
 
 
@@ -517,6 +554,177 @@ def _cutter(items: list[tuple[str, str]]) -> Callable[[int], list[tuple[str, str
         return part
 
     return cut
+
+
+# ------------------------------------------------------------------------------------------------ history
+
+
+def role_mark(stream_no: int, seq: int, role: str) -> str:
+    """The role id that row ``seq`` of link stream ``stream_no`` (1 or 2) writes, standing for ``role``."""
+    return f"111111{stream_no}{seq:08d}{ROLES.index(role):03d}"
+
+
+def _role_row(role_id: object) -> tuple[str, int] | None:
+    """(stream, row) of a role id written by :func:`role_mark`; None for any other id (a seeded role)."""
+    if not isinstance(role_id, str) or len(role_id) != 18 or not role_id.isdigit() or role_id[6] not in "12":
+        return None
+    return ROLE_STREAMS[int(role_id[6]) - 1], int(role_id[7:15])
+
+
+class Write(NamedTuple):
+    """One applied write of the sandbox's history, traced back to the source row whose marker it carries."""
+
+    n: int  # its history entry
+    stream: str
+    key: str  # as in ``Scenario.keys``
+    seq: int  # the row it carries; a merged write carries its newest row (fields merged, later wins)
+
+
+def _marked(value: object, prefix: str) -> int | None:
+    if isinstance(value, str) and value.startswith(prefix) and value[len(prefix) :].isdigit():
+        return int(value[len(prefix) :])
+    return None
+
+
+def trace_history(scenario: Scenario, entries: Iterable[Mapping[str, Any]]) -> tuple[list[Write], list[str]]:
+    """Every entry of a sandbox history (``SandboxState.history``) as the write of a source row, by the
+    marker each row carries into the CRM: ``Last_Name`` ``L<row>`` (``contacts_by_ext``) or ``U<row>``
+    (``contacts_upsert``), ``Company`` ``Co <row>`` (``leads_by_id``), the role id (:func:`role_mark`) of a
+    link; an unlink is the one row that removes its relation. Also returns every entry that no source row
+    asked for, or whose marker names a row of another key."""
+    unlinks = {
+        key: (stream, seq)
+        for stream in ("deal_unlinks_ids", "deal_unlinks_ext")
+        for seq, key in enumerate(scenario.keys.get(stream, ()), start=1)
+    }
+    email_of = dict(scenario.emails)  # record id -> Email, for the upsert's updates; its inserts add theirs
+    writes: list[Write] = []
+    strange: list[str] = []
+    for entry in entries:
+        op, module, rid, fields = entry["op"], entry["module"], str(entry["id"]), entry["fields"]
+        stream, key, seq = "", "", None
+        if op in ("update", "insert") and module == "Contacts" and isinstance(fields, Mapping):
+            last = fields.get("Last_Name")
+            if (seq := _marked(last, "L")) is not None:
+                stream, key = "contacts_by_ext", rid
+            elif (seq := _marked(last, "U")) is not None:
+                email = fields.get("Email")
+                if isinstance(email, str):
+                    email_of.setdefault(rid, email)
+                stream, key = "contacts_upsert", str(email if isinstance(email, str) else email_of.get(rid))
+        elif op == "update" and module == "Leads" and isinstance(fields, Mapping):
+            seq, stream, key = _marked(fields.get("Company"), "Co "), "leads_by_id", rid
+        elif op in ("link", "unlink") and module in ("Deals", "Contacts"):
+            other = str(entry["related_id"])
+            key = f"{rid}/{other}" if module == "Deals" else f"{other}/{rid}"
+            if op == "unlink":
+                stream, seq = unlinks.get(key, ("", None))
+            elif isinstance(fields, Mapping) and isinstance(role := fields.get("Contact_Role"), Mapping):
+                stream, seq = _role_row(role.get("id")) or ("", None)
+        rows = scenario.keys.get(stream, [])
+        if seq is None or not 1 <= seq <= len(rows) or rows[seq - 1] != key:
+            strange.append(f"history n={entry['n']}: {op} {module} {rid} {fields} (no source row of this key)")
+            continue
+        writes.append(Write(int(entry["n"]), stream, key, seq))
+    return writes, strange
+
+
+@dataclass(slots=True)
+class Audit:
+    """What the history says about order and repetition (see :func:`audit_history`)."""
+
+    writes: int = 0
+    inversions: list[str] = field(default_factory=list)  # a key given an older row after a newer one
+    applied_again: int = 0  # applications of a change beyond its first
+    again_across: int = 0  # ... whose previous application was by an earlier process (a kill, a resume)
+    again_within: int = 0  # ... by the same process (a retry, e.g. after a connection dropped after applying)
+    changes_applied_again: int = 0  # distinct changes applied more than once
+    # process -> changes it applied that a later process applied again (what its kill cost)
+    again_after: dict[int, int] = field(default_factory=dict)
+    unapplied: list[str] = field(default_factory=list)  # changes that no write applied
+    by_history: int = 0  # writes whose rows were inferred from the history: no journaled call ends with them
+    journal_problems: list[str] = field(default_factory=list)  # journaled records mixing keys
+
+    def figures(self) -> dict[str, object]:
+        return {
+            "history_writes": self.writes,
+            "inversions": len(self.inversions),
+            "applied_more_than_once": self.applied_again,
+            "applied_again_across_kills": self.again_across,
+            "applied_again_within_a_process": self.again_within,
+            "changes_applied_more_than_once": self.changes_applied_again,
+            "changes_never_applied": len(self.unapplied),
+            "writes_without_journaled_group": self.by_history,
+        }
+
+
+def audit_history(
+    scenario: Scenario,
+    writes: Sequence[Write],
+    journal: Iterable[tuple[int, str, Sequence[int]]],
+    process_of: Callable[[int], int],
+) -> Audit:
+    """Walk the writes in apply order, per key (a record, or a relation).
+
+    - **Order**: a write of a row older than the newest row the key already received is an inversion (row
+      order is the stream's source order; a merged write carries its newest row).
+    - **Repetition**: each write applies the changes merged into its record. Which they are comes from the
+      engine's dispatch journal (``journal``: per record of each journaled call, the process that sent it,
+      its stream and the seqs merged into it): the record of the same process, stream and newest row. A
+      write that no journaled record matches applies the key's rows after the newest row already applied
+      below it. A change applied again is counted per application beyond the first, ``across`` when its
+      previous application was by another process (``process_of``: history entry -> process), else
+      ``within``.
+    """
+    audit = Audit(writes=len(writes))
+    groups: dict[tuple[int, str, int], set[int]] = {}
+    for process, stream, seqs in journal:
+        rows = scenario.keys.get(stream, [])
+        if not seqs:
+            continue
+        newest = max(seqs)
+        if any(not 1 <= s <= len(rows) or rows[s - 1] != rows[newest - 1] for s in seqs):
+            audit.journal_problems.append(f"{stream}: a journaled record merges rows of several keys: {seqs}")
+            continue
+        groups.setdefault((process, stream, newest), set()).update(seqs)
+    by_key: dict[tuple[str, str], list[int]] = {}
+    for stream, rows in scenario.keys.items():
+        for seq, key in enumerate(rows, start=1):
+            by_key.setdefault((stream, key), []).append(seq)
+    held: dict[tuple[str, str], int] = {}
+    received: dict[tuple[str, str], list[int]] = {}  # every row a key was written with, in apply order
+    applied: dict[tuple[str, int], list[int]] = {}  # change -> the process of each application
+    for w in writes:
+        k = (w.stream, w.key)
+        newest = held.get(k, 0)
+        if w.seq < newest:
+            audit.inversions.append(f"{w.stream} {w.key}: row {w.seq} applied (history n={w.n}) after row {newest}")
+        held[k] = max(w.seq, newest)
+        process = process_of(w.n)
+        covered = groups.get((process, w.stream, w.seq))
+        if covered is None:
+            audit.by_history += 1
+            below = max((s for s in received.get(k, ()) if s < w.seq), default=0)
+            covered = {s for s in by_key[k] if below < s <= w.seq}
+        received.setdefault(k, []).append(w.seq)
+        for s in covered:
+            applied.setdefault((w.stream, s), []).append(process)
+    for stream, n in scenario.changes.items():
+        for seq in range(1, n + 1):
+            processes = applied.get((stream, seq), [])
+            if not processes:
+                audit.unapplied.append(f"{stream} row {seq} ({scenario.keys[stream][seq - 1]})")
+                continue
+            if len(processes) > 1:
+                audit.changes_applied_again += 1
+            for before, after in itertools.pairwise(processes):
+                audit.applied_again += 1
+                if before == after:
+                    audit.again_within += 1
+                else:
+                    audit.again_across += 1
+                    audit.again_after[before] = audit.again_after.get(before, 0) + 1
+    return audit
 
 
 def publish_figures(
