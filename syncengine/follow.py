@@ -2,7 +2,10 @@
 
 - A table (SQL source with a cursor column) is re-read from the last position read, so each poll costs
   one cheap keyset query; rows re-read inside the lag window (``replay``) that were already read by this
-  process are dropped here, so a quiet table does not fill the ledger with SKIPPED rows.
+  process are dropped here, so a quiet table does not fill the ledger with SKIPPED rows. After a restart,
+  rows above the stored position that the last watch already finished (``done``: a stop leaves the
+  position below a change still pending, and the rows done after it are read again) are dropped too:
+  a restarted watch never sends again a row it already applied.
 - A file is re-read when its contents change (a new export dropped in place); its rows get fresh,
   increasing seqs, and skip-unchanged makes the rows that did not change cost nothing.
 
@@ -58,8 +61,10 @@ async def follow_table(
     *,
     since: Position | None,
     interval: float,
+    done: Callable[[SqlRow], bool] | None = None,
 ) -> AsyncIterator[Row | object]:
-    """New and changed rows of a table after ``since``, poll after poll."""
+    """New and changed rows of a table after ``since``, poll after poll, less those ``done`` says an earlier
+    watch finished (it is asked only until the follower has caught up once)."""
     position = since
     seq = 0
     read: OrderedDict[tuple[str, str], None] = OrderedDict()  # (key, cursor) of rows read lately
@@ -74,11 +79,15 @@ async def follow_table(
                     read[mark] = None
                     if len(read) > _REPLAYS_KEPT:
                         read.popitem(last=False)
-                    seq += 1
                     if not row.replay:
                         position = row.position
+                    if done is not None and done(row):
+                        continue  # finished by the last watch, after a change that was still pending
+                    seq += 1
                     yield replace(row, seq=seq)
         except SourceError as exc:  # a locked or unreachable database: a watch waits for it
             log.warning("syncengine.source_retrying", source=str(exc.source), reason=exc.reason)
+        else:
+            done = None  # caught up: every row read from here on is newer than what the last watch saw
         yield IDLE
         await anyio.sleep(interval)
