@@ -20,7 +20,7 @@ outcome per change.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,8 +70,8 @@ class History:
             if entry["op"] == "unlink":
                 group = _group(export.by_key.get(key, []), after_pos)
                 if not group:
-                    msg = f"{_name(key)}: delink applied (n={entry['n']}) after the row of version {before} "
-                    msg += f"(position {at_before}), but no delink row follows it"
+                    msg = f"{_name(key)}: BACKWARDS delink: applied (n={entry['n']}) while the CRM held the row of "
+                    msg += f"version {before} (position {at_before}), and no delink row of the pair follows that row"
                     problems.append(Violation("history", number, msg))
                     version = None
                 else:
@@ -124,9 +124,25 @@ def _success_ok(chg: Chg, applied: Applied, export: Export) -> bool:
     return False
 
 
-def _skip_ok(chg: Chg, held: Mapping[Key, int | None], export: Export) -> bool:
+Current = Callable[[Key], Mapping[str, Any] | None]  # what the CRM holds for a key now (None: no record/link)
+
+
+def _skip_ok(chg: Chg, held: Mapping[Key, int | None], export: Export, current: Current) -> bool:
+    """The CRM holds this row or a later one, and every field the row would write has the row's value
+    (or a later row of the key writes that field, or delinks the pair)."""
     at = export.position(chg.key, held.get(chg.key))
-    return at is not None and at >= chg.seq
+    if at is None or at < chg.seq:
+        return False
+    later = [c for c in export.by_key.get(chg.key, []) if c.seq > chg.seq]
+    if any(c.op == "unlink" for c in later) and chg.op == "link":
+        return True
+    now = current(chg.key)
+    if chg.op == "unlink":
+        return now is None or any(c.op == "link" for c in later)
+    if now is None:
+        return False
+    overridden = {name for c in later for name in c.fields}
+    return all(now.get(name) == value or name in overridden for name, value in chg.fields.items())
 
 
 def _rejected_ok(chg: Chg, applied: Applied) -> bool:
@@ -144,6 +160,7 @@ def check_outcomes(
     rows: Sequence[OutcomeRow],
     applied: Applied,
     held: Mapping[Key, int | None],
+    current: Current,
     faulty: bool,
 ) -> tuple[list[Violation], set[Key]]:
     """Check every outcome row of a step's run; returns the violations and the keys left FAILED."""
@@ -167,7 +184,7 @@ def check_outcomes(
         elif status is Status.SUCCESS:
             ok = chg.bad is None and _success_ok(chg, applied, export)
         elif status is Status.SKIPPED:
-            ok = chg.bad is None and _skip_ok(chg, held, export)
+            ok = chg.bad is None and _skip_ok(chg, held, export, current)
         elif status is Status.REJECTED:
             ok = _rejected_ok(chg, applied)
         elif status is Status.FAILED:

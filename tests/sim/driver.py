@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from syncengine.sandbox.schema import Schema
 from syncengine.workers import RetryPolicy
 from tests.conftest import SECRETS, write_config
 from tests.sim.checks import History, Violation, check_outcomes, check_summary
-from tests.sim.model import Export, Key, Model
+from tests.sim.model import Export, Key, Model, crm_holds
 from tests.sim.spec import Row, Spec, Step
 
 __all__ = ["SIM_SCHEMA", "Outcome", "run_spec"]
@@ -153,27 +155,36 @@ async def _finish(config: Config, run_id: int, sb: Sandbox, out: Outcome) -> Non
 
 def _engine_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZOHO_")}
+    # The engine process runs the code of this checkout, the same as the runs in this process.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.update(ZOHO_CLIENT_ID=SECRETS.client_id or "", ZOHO_CLIENT_SECRET=SECRETS.client_secret or "",
                ZOHO_REFRESH_TOKEN=SECRETS.refresh_token or "")  # fmt: skip
     return env
 
 
-async def _kill_step(config: Config, step: Step, sb: Sandbox, out: Outcome, last_run: int | None) -> int:
-    """A real ``syncengine run`` process, SIGKILLed after ``kill_after`` applied writes, then resumed."""
-    sb.set_faults(latency_ms=(5.0, 30.0))
+async def _engine_process(config: Config, sb: Sandbox, kill_after: int, resume: bool, out: Outcome) -> None:
+    """One real ``syncengine run`` process (``--resume`` when asked), SIGKILLed after ``kill_after`` writes."""
     start = len(sb.state.history)
     command = [sys.executable, "-m", "syncengine", "--json-logs", "run", str(config.file)]
+    command += ["--resume"] if resume else []
     log = config.file.parent / "kill.log"
     with log.open("ab") as handle:
         async with await anyio.open_process(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO,
                                             env=_engine_env()) as proc:  # fmt: skip
             with anyio.move_on_after(60):
-                while proc.returncode is None and len(sb.state.history) < start + step.kill_after:
+                while proc.returncode is None and len(sb.state.history) < start + kill_after:
                     await anyio.sleep(0.001)
             if proc.returncode is None:
-                proc.kill()
+                proc.kill()  # SIGKILL: no cleanup, no final flush
                 out.kills += 1
             await proc.wait()
+
+
+async def _kill_step(config: Config, step: Step, sb: Sandbox, out: Outcome, last_run: int | None) -> int:
+    """Real ``syncengine run`` processes, each SIGKILLed after ``kill_after`` applied writes, then a resume."""
+    sb.set_faults(latency_ms=(5.0, 30.0))
+    for attempt in range(step.kills):
+        await _engine_process(config, sb, step.kill_after, attempt > 0, out)
     sb.set_faults(**NO_FAULTS)
     run_id, state = await _latest_run(config)
     if run_id is not None and run_id != last_run and state == "running":
@@ -184,11 +195,44 @@ async def _kill_step(config: Config, step: Step, sb: Sandbox, out: Outcome, last
     return (await _run(config, RunOptions(policy=POLICY), out)).summary.run_id
 
 
+async def _chaos(sb: Sandbox, step: Step, rng: random.Random, done: anyio.Event) -> None:
+    """Until ``done``: every 15-60 ms revoke every token (expire_tokens) and/or throw a 429 storm (storms)."""
+    throttle = step.faults.get("throttle_rate", 0.0)
+    try:
+        while not done.is_set():
+            with anyio.move_on_after(rng.uniform(0.015, 0.06)):
+                await done.wait()
+            if done.is_set():
+                return
+            sb.expire_tokens()  # every worker's next call gets 401 INVALID_TOKEN
+            if not step.storms:
+                continue
+            sb.set_faults(throttle_rate=0.9)
+            with anyio.move_on_after(rng.uniform(0.01, 0.04)):
+                await done.wait()
+            sb.set_faults(throttle_rate=throttle)
+    finally:
+        sb.set_faults(throttle_rate=throttle)
+
+
+async def _plain_step(spec: Spec, number: int, step: Step, sb: Sandbox, config: Config, out: Outcome) -> int:
+    options = RunOptions(full=step.full, policy=FLAKY if step.flaky else POLICY)
+    if not (step.storms or step.expire_tokens):
+        return (await _run(config, options, out)).summary.run_id
+    done = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_chaos, sb, step, random.Random(spec.seed + number), done)
+        try:
+            result = await _run(config, options, out)
+        finally:
+            done.set()
+    return result.summary.run_id
+
+
 def _arm(sb: Sandbox, spec: Spec, number: int, step: Step) -> None:
     sb.set_faults(**{**NO_FAULTS, **step.faults, "seed": spec.seed + number})
     if step.expire_tokens:
         sb.set_faults(token_ttl=0.3)
-        sb.expire_tokens()
 
 
 @dataclass(slots=True)
@@ -203,8 +247,21 @@ class _Run:
     uncertain: set[Key] = field(default_factory=set)
 
 
+def _limits(number: int, step: Step, spec: Spec, sb: Sandbox, overlaps: int) -> list[Violation]:
+    """Promise 2 and 3 on the wire: no key in two calls at once, calls in flight and token refreshes bounded."""
+    stats, found = sb.stats, []
+    if step.kind != "kill" and stats.key_overlaps > overlaps:  # a killed process's calls may still be in flight
+        found.append(f"{stats.key_overlaps - overlaps} calls touched a key another call in flight touched")
+    if step.kind != "kill" and stats.max_in_flight > spec.concurrency:
+        found.append(f"{stats.max_in_flight} calls in flight, concurrency {spec.concurrency}")
+    if stats.max_concurrent_refreshes > 1:
+        found.append(f"{stats.max_concurrent_refreshes} token refreshes at once")
+    return [Violation("limits", number, message) for message in found]
+
+
 async def _do_step(spec: Spec, number: int, step: Step, sb: Sandbox, config: Config, run: _Run, out: Outcome) -> None:
-    start = len(sb.state.history)
+    start, overlaps = len(sb.state.history), sb.stats.key_overlaps
+    sb.stats.max_in_flight = sb.stats.in_flight  # the most in flight during this step
     if step.kind == "retry":
         if run.last_run is None or not run.last_failed or run.export is None:
             return
@@ -220,19 +277,22 @@ async def _do_step(spec: Spec, number: int, step: Step, sb: Sandbox, config: Con
         if step.kind == "kill":
             run_id = await _kill_step(config, step, sb, out, run.last_run)
         else:
-            options = RunOptions(full=step.full, policy=FLAKY if step.flaky else POLICY)
-            run_id = (await _run(config, options, out)).summary.run_id
+            run_id = await _plain_step(spec, number, step, sb, config, out)
         await _finish(config, run_id, sb, out)
         run.model.fold(export)
     sb.set_faults(**NO_FAULTS)
     rows, summary = await _ledger(config, run_id)
     applied, problems = run.history.step(number, export, sb.state.history[start:])
-    faulty = bool(step.faults) or step.expire_tokens
-    bad, failed = check_outcomes(number, export, expected, rows, applied, run.history.held, faulty)
-    problems += bad + check_summary(number, summary, len(expected))
-    touched = {export.changes[(r.stream, r.seq)].key for r in rows if (r.stream, r.seq) in export.changes}
-    run.uncertain = (run.uncertain - touched) | failed
-    problems += [Violation("state", number, d) for d in run.model.differences(sb.state, run.uncertain)]
+    faulty = bool(step.faults) or step.expire_tokens or step.storms
+    current = partial(crm_holds, sb.state)
+    bad, failed = check_outcomes(number, export, expected, rows, applied, run.history.held, current, faulty)
+    problems += bad + check_summary(number, summary, len(expected)) + _limits(number, step, spec, sb, overlaps)
+    keyed = {(r.stream, r.seq): export.changes[(r.stream, r.seq)] for r in rows if (r.stream, r.seq) in export.changes}
+    run.uncertain = (run.uncertain - {c.key for c in keyed.values()}) | failed
+    for key, diff in run.model.differences(sb.state, run.uncertain):
+        seen = [f"#{r.seq} v{keyed[(r.stream, r.seq)].version} {r.status.value}" for r in rows
+                if keyed.get((r.stream, r.seq)) is not None and keyed[(r.stream, r.seq)].key == key]  # fmt: skip
+        problems.append(Violation("state", number, f"{diff}; this step's rows of it: {', '.join(seen) or 'none'}"))
     out.violations += problems
     if step.kind != "retry":
         run.export, run.last_run = export, run_id

@@ -14,7 +14,7 @@ from typing import Any
 
 from tests.sim.spec import ROLES, UNKNOWN_LEAD, Row, Spec, contact_id, deal_id, lead_id
 
-__all__ = ["Chg", "Export", "Key", "Model", "changes_of", "entry_key", "record_key"]
+__all__ = ["Chg", "Export", "Key", "Model", "changes_of", "crm_holds", "entry_key", "record_key"]
 
 # ("rec", module, record id) or ("rel", deal id, contact id)
 Key = tuple[str, str, str]
@@ -87,7 +87,7 @@ def _contact(spec: Spec, row: Row, seq: int) -> Chg:
         if row[column]:
             fields[name] = row[column]
     fields["Source_Seq"] = row["version"]
-    bad = "invalid" if row.get("_bad") else (None if known else "rejected")
+    bad = "invalid" if row.get("_bad") else (None if known and not row.get("_refused") else "rejected")
     return Chg(stream="contacts", seq=seq, key=record_key("Contacts", rid), op="update", fields=fields,
                version=_int(row["version"]), bad=bad)  # fmt: skip
 
@@ -100,7 +100,7 @@ def _lead(spec: Spec, row: Row, seq: int) -> Chg:
     if "description" in row:
         fields["Description"] = row["description"]
     fields["Source_Seq"] = row["version"]
-    bad = "invalid" if row.get("_bad") else ("rejected" if rid == UNKNOWN_LEAD else None)
+    bad = "invalid" if row.get("_bad") else ("rejected" if rid == UNKNOWN_LEAD or row.get("_refused") else None)
     return Chg(stream="leads", seq=seq, key=record_key("Leads", rid), op="update", fields=fields,
                version=_int(row["version"]), bad=bad)  # fmt: skip
 
@@ -175,25 +175,28 @@ class Model:
             else:
                 self.links.pop(chg.key, None)  # not linked: the CRM refuses it, and nothing changes
 
-    def differences(self, state: Any, skip: set[Key]) -> list[str]:
+    def differences(self, state: Any, skip: set[Key]) -> list[tuple[Key, str]]:
         """Every difference between the sandbox ``state`` and the model, leaving out the keys in ``skip``."""
-        diffs: list[str] = []
+        diffs: list[tuple[Key, str]] = []
         for key, want in self.records.items():
-            if key in skip:
-                continue
-            rec = state.get_record(key[1], key[2])
-            got = None if rec is None else {k: v for k, v in rec.items() if k not in SYSTEM_FIELDS}
-            if got != want:
-                diffs.append(f"{key[1]} {key[2]}: CRM holds {got}, the model {want}")
-        actual: dict[Key, dict[str, Any]] = {}
+            got = crm_holds(state, key)
+            if key not in skip and got != want:
+                diffs.append((key, f"{key[1]} {key[2]}: CRM holds {got}, the model {want}"))
+        linked: set[Key] = set(self.links)
         for (module, rid), by_module in state.links.items():
             if module == "Deals":
-                for other, fields in by_module.get("Contacts", {}).items():
-                    actual[("rel", rid, other)] = dict(fields)
-        for key in sorted(set(actual) | set(self.links)):
-            if key in skip:
-                continue
-            found, wanted = actual.get(key), self.links.get(key)
+                linked.update(("rel", rid, other) for other in by_module.get("Contacts", {}))
+        for key in sorted(linked - skip):
+            found, wanted = crm_holds(state, key), self.links.get(key)
             if found != wanted:
-                diffs.append(f"link Deal {key[1]} - Contact {key[2]}: CRM holds {found}, the model {wanted}")
+                diffs.append((key, f"link Deal {key[1]} - Contact {key[2]}: CRM holds {found}, the model {wanted}"))
         return diffs
+
+
+def crm_holds(state: Any, key: Key) -> dict[str, Any] | None:
+    """What the sandbox holds for a key now: the record's fields (no system fields), or the link's fields."""
+    if key[0] == "rec":
+        rec = state.get_record(key[1], key[2])
+        return None if rec is None else {k: v for k, v in rec.items() if k not in SYSTEM_FIELDS}
+    fields = state.links.get(("Deals", key[1]), {}).get("Contacts", {}).get(key[2])
+    return None if fields is None else dict(fields)

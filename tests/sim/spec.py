@@ -26,6 +26,8 @@ from typing import Any
 
 __all__ = [
     "CONTACT_ID0",
+    "DEFAULT",
+    "Profile",
     "DEAL_ID0",
     "LEAD_ID0",
     "ROLES",
@@ -69,9 +71,11 @@ class Step:
     exports: dict[str, list[Row]] = field(default_factory=dict)  # run and kill: the stream's rows, in order
     full: bool = False  # run --full: skip-unchanged off
     faults: dict[str, float] = field(default_factory=dict)  # sandbox options for the step
-    expire_tokens: bool = False  # every issued token revoked as the step starts (and tokens live 0.3 s)
+    expire_tokens: bool = False  # every issued token revoked every 15-60 ms while the run goes (they live 0.3 s)
     flaky: bool = False  # few tries (2), so transient faults end as FAILED, for a later retry
     kill_after: int = 1  # kill: SIGKILL once the sandbox applied this many writes of the step
+    kills: int = 1  # kill: processes killed in a row (the later ones run ``run --resume``), then resumed
+    storms: bool = False  # 429 storms (90% refused, 10-40 ms, every 20-60 ms), each revoking every token
 
 
 @dataclass(slots=True, kw_only=True)
@@ -110,10 +114,10 @@ class Spec:
         ]
         for i, s in enumerate(self.steps):
             rows = {k: len(v) for k, v in s.exports.items()}
-            extra = f" kill_after={s.kill_after}" if s.kind == "kill" else ""
+            extra = f" kill_after={s.kill_after} kills={s.kills}" if s.kind == "kill" else ""
             lines.append(
                 f"  step {i}: {s.kind} full={s.full} faults={s.faults} expire={s.expire_tokens} "
-                f"flaky={s.flaky}{extra} rows={rows}"
+                f"storms={s.storms} flaky={s.flaky}{extra} rows={rows}"
             )
         return "\n".join(lines)
 
@@ -140,6 +144,8 @@ def _contact_row(rng: random.Random, spec: Spec, v: _Versions) -> Row:
             return {"erp_id": "", "last_name": f"L{version}", "title": "", "dept": "", "version": version, "_bad": 1}
         return {"erp_id": "C0", "last_name": "", "title": "", "dept": "", "version": f"v{version}?", "_bad": 1}
     erp = f"CX{rng.randint(0, 1)}" if bad >= 0.90 else f"C{rng.randint(0, spec.contacts - 1)}"
+    if bad >= 0.87 and bad < 0.90:  # the CRM refuses it: Last_Name is longer than 80 characters
+        return {"erp_id": erp, "last_name": "N" * 81, "title": "CEO", "dept": "", "version": version, "_refused": 1}
     return {
         "erp_id": erp,
         "last_name": f"L{version}" if _chance(rng, 0.5) else "",
@@ -155,6 +161,8 @@ def _lead_row(rng: random.Random, spec: Spec, v: _Versions) -> Row:
     if bad >= 0.94:
         return {"crm_id": f"L-{version}", "company": f"Co{version}", "version": version, "_bad": 1}
     row: Row = {"crm_id": UNKNOWN_LEAD if bad >= 0.90 else lead_id(rng.randint(0, spec.leads - 1))}
+    if bad >= 0.87 and bad < 0.90:  # the CRM refuses it: Company is longer than 200 characters
+        return {**row, "company": "C" * 201, "version": version, "_refused": 1}
     if _chance(rng, 0.3):
         row["crm_id"] = int(row["crm_id"])  # a JSON number is a record id too
     if _chance(rng, 0.7):
@@ -259,7 +267,40 @@ def _pairs(rng: random.Random, deals: int, contacts: int) -> tuple[list[tuple[in
     return every[:n_links], every[n_links : n_links + n_unlinks]
 
 
-def generate(rng: random.Random, *, kills: bool = True) -> Spec:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Profile:
+    """How :func:`generate` draws: the default is the suite's mix; narrower ones isolate one kind of trouble."""
+
+    steps: tuple[int, int] = (2, 5)  # how many run or kill steps (a flaky run adds a retry step)
+    kill_chance: float = 0.03  # per step: a real process, SIGKILLed, then resumed
+    first_kill: bool = False  # the first step is a kill
+    fault_chance: float = 1.0  # scale of every fault's chance
+    full_chance: float = 0.25  # per re-run: --full
+    flaky_chance: float = 0.3  # per faulty run: few tries, then a retry step
+    edit_chance: float = 0.6  # per re-run: the export is edited (else the same export again)
+
+
+DEFAULT = Profile()
+
+
+def _step(rng: random.Random, profile: Profile, i: int, exports: dict[str, list[Row]]) -> Step:
+    kill = (i == 0 and profile.first_kill) or _chance(rng, profile.kill_chance)
+    faulty = not kill and _chance(rng, profile.fault_chance)
+    faults, expire = _faults(rng) if faulty else ({}, False)
+    return Step(
+        kind="kill" if kill else "run",
+        exports={s: list(rows) for s, rows in exports.items()},
+        full=i > 0 and _chance(rng, profile.full_chance),
+        faults=faults,
+        expire_tokens=expire,
+        flaky=not kill and bool(faults) and _chance(rng, profile.flaky_chance),
+        kill_after=rng.randint(1, 4),
+        kills=rng.randint(1, 2) if kill else 1,
+        storms=faulty and _chance(rng, 0.15),
+    )
+
+
+def generate(rng: random.Random, profile: Profile = DEFAULT) -> Spec:
     """One scenario drawn from ``rng``."""
     contacts, leads, deals = rng.randint(2, 6), rng.randint(1, 4), rng.randint(1, 3)
     link_pairs, unlink_pairs = _pairs(rng, deals, contacts)
@@ -280,22 +321,34 @@ def generate(rng: random.Random, *, kills: bool = True) -> Spec:
     versions = _Versions()
     streams = [s for s in STREAMS if _chance(rng, 0.6)] or [STREAMS[rng.randint(0, len(STREAMS) - 1)]]
     exports = {s: _fresh_export(rng, spec, versions, s) for s in streams}
-    for i in range(rng.randint(1, 4) + 1):
-        if i and _chance(rng, 0.6):
+    for i in range(rng.randint(*profile.steps)):
+        if i and _chance(rng, profile.edit_chance):
             exports = {s: _edit_export(rng, spec, versions, s, rows) for s, rows in exports.items()}
-        kind = "kill" if kills and _chance(rng, 0.05) else "run"
-        faults, expire = _faults(rng) if kind == "run" else ({}, False)
-        flaky = kind == "run" and bool(faults) and _chance(rng, 0.3)
-        step = Step(
-            kind=kind,
-            exports={s: list(rows) for s, rows in exports.items()},
-            full=i > 0 and _chance(rng, 0.25),
-            faults=faults,
-            expire_tokens=expire,
-            flaky=flaky,
-            kill_after=rng.randint(1, 4),
-        )
+        step = _step(rng, profile, i, exports)
         spec.steps.append(step)
-        if flaky:
+        if step.flaky:
             spec.steps.append(Step(kind="retry"))
+    _settle_refusals(spec)
     return spec
+
+
+def _settle_refusals(spec: Spec) -> None:
+    """A row the CRM refuses stays so only where its key has no other row in the export.
+
+    Coalesced with another row of its key, whether the CRM sees the bad value depends on how the engine
+    merged them (later fields win), which the model cannot know; such a row becomes a plain valid row (in
+    place, so every step that holds it agrees).
+    """
+    for step in spec.steps:
+        for stream, rows in step.exports.items():
+            if stream not in ("contacts", "leads"):
+                continue
+            column = "erp_id" if stream == "contacts" else "crm_id"
+            counts: dict[str, int] = {}
+            for row in rows:
+                if not row.get("_bad"):
+                    counts[str(row[column])] = counts.get(str(row[column]), 0) + 1
+            for row in rows:
+                if row.get("_refused") and counts[str(row[column])] > 1:
+                    del row["_refused"]
+                    row["last_name" if stream == "contacts" else "company"] = f"R{row['version']}"

@@ -6,7 +6,8 @@ runs in a real ``syncengine run`` process that is SIGKILLed and resumed, and ``r
 
 (a) the sandbox's state equals the plain in-memory model (``model.py``);
 (b) no key's history of applied writes ever goes backwards (``checks.py``);
-(c) every ledger outcome agrees with that history, one per change, and the run summary adds up.
+(c) every ledger outcome agrees with that history, one per change, and the run summary adds up;
+and, on the wire, no key in two calls at once, no more calls in flight than configured, one token refresh at a time.
 
 How many scenarios: ``SIM_SCENARIOS`` (default 300; ``make soak`` runs 5000). A failing scenario is written as
 JSON and printed with its schedule; replay it (the same sources, faults and kills) with one command::
@@ -32,9 +33,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.sim.conftest import TOTALS
 from tests.sim.driver import Outcome, run_spec
 from tests.sim.spec import Spec, generate
+from tests.sim.totals import TOTALS
 
 SCENARIOS = int(os.environ.get("SIM_SCENARIOS", "300"))
 SHRINK_SECONDS = float(os.environ.get("SIM_SHRINK_SECONDS", "90"))  # then Hypothesis reports the smallest so far
