@@ -44,6 +44,21 @@ class _Bucket:
     changes: int = 0
 
 
+def _net_start(group: tuple[Change, ...]) -> int:
+    """Where the changes that make a group's one record begin: after the last change of another kind.
+
+    A group of one key's changes (``put_group``) may mix delinks and links of one relation (``delete_when``):
+    the record is the last change's kind, and what came before a change of the other kind is superseded by
+    it (a link after a delink is the link; a delink erases the links before it). The superseded changes
+    still ride in the record, so each gets the record's outcome.
+    """
+    last = group[-1].target
+    for index in range(len(group) - 1, -1, -1):
+        if group[index].target != last:
+            return index + 1
+    return 0
+
+
 class Batcher:
     """Groups changes into payloads; see the module docstring for the invariants."""
 
@@ -194,15 +209,16 @@ class Batcher:
     # -- internals --------------------------------------------------------------------------------
 
     def _admit(self, group: tuple[Change, ...], max_items: int, linger: float) -> None:
-        change = group[0]
+        change = group[-1]  # a group goes out as its last change: a delink, or a link after the last delink
         key = change.order_key
         if key in self._in_flight or key in self._waiting:
             self._waiting.setdefault(key, deque()).append((group, max_items, linger))
             return
         endpoint: Endpoint = (change.stream, change.target, change.parent)
+        start = _net_start(group)
         holder = self._open.get(key)
         if holder is not None:
-            if holder.endpoint == endpoint:
+            if holder.endpoint == endpoint and start == 0:
                 item = holder.items[key]
                 for later in group:
                     item.fields.update(later.fields)
@@ -215,11 +231,10 @@ class Batcher:
         if bucket is None:
             bucket = _Bucket(endpoint=endpoint, max_items=max_items, deadline=self._clock() + linger)
             self._buckets[endpoint] = bucket
-        item = _Item(key=change.key, fields=dict(change.fields), changes=[change])
-        for later in group[1:]:
-            item.fields.update(later.fields)
-            item.changes.append(later)
-        bucket.items[key] = item
+        fields = dict(group[start].fields)
+        for later in group[start + 1 :]:
+            fields.update(later.fields)
+        bucket.items[key] = _Item(key=change.key, fields=fields, changes=list(group))
         bucket.changes += len(group)
         self._open[key] = bucket
         if len(bucket.items) >= bucket.max_items:

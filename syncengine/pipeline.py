@@ -17,7 +17,6 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -40,14 +39,15 @@ from syncengine.errors import (
 from syncengine.follow import follow_file, follow_table
 from syncengine.intake import Intake
 from syncengine.ledger import LedgerWriter, RunSummary, SqliteLedger
+from syncengine.ledger.journal import CallJournal, journal_path
 from syncengine.limits import CreditMeter, Limits
 from syncengine.metrics import Telemetry
 from syncengine.model import Outcome
-from syncengine.plan import Plan, Redrive, make_plan, row_mark
+from syncengine.plan import Plan, Redrive, finished_rows, make_plan, row_mark
 from syncengine.positions import Checkpoints, ledger_rows
 from syncengine.progress import RunProgress
 from syncengine.readers import Reader, Row, SourceRow, open_reader
-from syncengine.readers.sql import Position
+from syncengine.readers.sql import Position, SqlRow
 from syncengine.unchanged import Passes, SkipUnchanged
 from syncengine.workers import CallStats, RetryPolicy, Sender, Worker, failed_outcome
 
@@ -153,6 +153,8 @@ async def run_sync(
         dry_out: IO[bytes] | None = (
             stack.enter_context(options.dry_run_path.open("wb")) if options.dry_run_path is not None else None
         )
+        # Every call is journaled right before it goes out, so a resume knows what this process may have sent.
+        journal = None if dry_run else stack.enter_context(CallJournal(journal_path(config.ledger.path, run_id)))
         transport = await stack.enter_async_context(
             Transport(timeout=crm.timeout, max_connections=crm.concurrency + 2, ca_file=crm.ca_file)
         )
@@ -312,7 +314,7 @@ async def run_sync(
                                     dry_run_out=dry_out,
                                     persistent=options.watch is not None,
                                     possibly_sent=plan.possibly_sent if plan.resumed else None,
-                                    journal=None if dry_run else partial(ledger.dispatch, run_id),
+                                    journal=journal.record if journal is not None else None,
                                 )
                                 work.start_soon(worker.run)
                         stages.cancel_scope.cancel()  # the work is done: stop waiting for a stop request
@@ -421,7 +423,13 @@ async def _rows(
         return open_reader(source, since=after, environ=environ)
 
     if options.watch is not None:
-        async for item in follow_table(table, since=since, interval=options.watch):
+        finished = await finished_rows(ledger, stream, plan.run_id)
+
+        def finished_before(row: SqlRow) -> bool:
+            return row_mark(source, row.values) in finished
+
+        skip = finished_before if finished else None
+        async for item in follow_table(table, since=since, interval=options.watch, done=skip):
             yield item
         return
     offset = plan.seq_offsets.get(stream.name, 0)

@@ -14,21 +14,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 import orjson
 import structlog
 
 from syncengine.config import Config, SourceConfig, SqlSourceConfig, StreamConfig
 from syncengine.errors import SourceError
 from syncengine.ledger import SeqSet, SqliteLedger
-from syncengine.ledger.chains import Dispatch
+from syncengine.ledger.journal import Dispatch, journal_path, prune_journals, read_journal
 from syncengine.model import JSON, Change, Status
 from syncengine.positions import fingerprint
 
-__all__ = ["InDoubt", "Plan", "Redrive", "make_plan", "row_mark"]
+__all__ = ["InDoubt", "Plan", "Redrive", "finished_rows", "make_plan", "row_mark"]
 
 log = structlog.get_logger("syncengine.plan")
 
 _LAG_ROWS = 20_000  # rows before a database stream's checkpoint that a resume's lag re-read may meet
+_RUNS_BACK = 5  # earlier runs whose rows above their checkpoint a restarted watch does not redo
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,6 +101,26 @@ class Plan:
         return doubt.call_of(change) if doubt is not None else None
 
 
+async def finished_rows(ledger: SqliteLedger, stream: StreamConfig, run_id: int) -> set[tuple[bytes, bytes]]:
+    """Rows of a database stream (``row_mark``) that the last runs finished above their checkpoint.
+
+    A stop leaves the stored position below a change still pending, so a restarted watch reads the rows done
+    after it again: with these it drops them instead of sending them again (even with ``--full``).
+    """
+    source = stream.source
+    if not isinstance(source, SqlSourceConfig):
+        return set()
+    marks: set[tuple[bytes, bytes]] = set()
+    for run in await ledger.runs(limit=_RUNS_BACK + 1):
+        if run.run_id == run_id or stream.name not in run.streams:
+            continue
+        after = (await ledger.checkpoints(run.run_id)).get(stream.name, 0)
+        for row in await ledger.source_rows_after(run.run_id, stream.name, after):
+            if isinstance(row, dict):
+                marks.add(row_mark(source, row))
+    return marks
+
+
 def row_mark(source: SqlSourceConfig, values: Mapping[str, JSON]) -> tuple[bytes, bytes]:
     """A database row's identity for a resume: its key and cursor values, as read."""
     cursor = orjson.dumps(values.get(source.cursor)) if source.cursor else b""
@@ -135,6 +157,8 @@ async def make_plan(
     streams = [config.stream(n) for n in names]
     if redrive is None:
         check_sources(streams)
+    if not dry_run:  # the journals of runs that completed will never be read again
+        await anyio.to_thread.run_sync(prune_journals, config.ledger.path, await ledger.unfinished_runs())
     run_id = await ledger.start_run(
         config_file=str(config.file),
         streams=names,
@@ -166,7 +190,7 @@ async def _resume(config: Config, ledger: SqliteLedger, run_id: int) -> Plan:
             )
     plan = Plan(run_id=run_id, streams=streams, resumed=True, start_after=await ledger.checkpoints(run_id))
     done = {s.name: await ledger.terminal_seqs(run_id, s.name) for s in streams}
-    dispatches = await ledger.dispatches(run_id)
+    dispatches = await anyio.to_thread.run_sync(read_journal, journal_path(config.ledger.path, run_id))
     for stream in streams:
         table = isinstance(stream.source, SqlSourceConfig)
         calls = [d for d in dispatches if d.stream == stream.name]

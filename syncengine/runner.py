@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from contextlib import AsyncExitStack
 
@@ -50,6 +51,22 @@ async def run_with_progress(
                 config, secrets, options=options, progress=progress, control=control, telemetry=telemetry
             )
             tg.cancel_scope.cancel()
+    if control.stop_requested.is_set():
+        _ignore_signals()
+    _report(config, options, result, console)
+    return result
+
+
+def _ignore_signals() -> None:
+    """The run has stopped on request and its ledger is closed: a signal sent again while the summary prints
+    has nothing left to stop, and must not kill the process before it exits with 130 (it exits next)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to guard
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _report(config: Config, options: RunOptions, result: RunResult, console: Console) -> None:
+    """The summary that adds up, and what stopped the run early."""
     render_summary(result.summary, console)
     for message in result.halted:
         console.print(f"[red]stream halted[/] {message}")
@@ -79,7 +96,6 @@ async def run_with_progress(
         f"max in flight {result.max_in_flight} · {where}",
         highlight=False,
     )
-    return result
 
 
 async def _stop_on_signals(control: RunControl, console: Console) -> None:

@@ -111,7 +111,7 @@ class GaveUp:
 
 Send = Callable[[Call], Awaitable[HttpResponse]]
 # Journals a call before it goes out: (stream, per record its key and the seqs merged into it) -> call id.
-Journal = Callable[[str, Sequence[tuple[str, Sequence[int]]]], Awaitable[int]]
+Journal = Callable[[str, Sequence[tuple[str, Sequence[int]]]], int]
 
 
 async def wait_any(events: Sequence[anyio.Event | None], deadline: float = math.inf) -> None:
@@ -247,7 +247,9 @@ class Sender:
         # batcher's ``stopping`` here when the pipeline has not.
         self.stopping: anyio.Event | None = None
 
-    async def send(self, payload: Payload, call: Call, stream: str) -> Sent | GaveUp:
+    async def send(
+        self, payload: Payload, call: Call, stream: str, *, journal: Callable[[], object] | None = None
+    ) -> Sent | GaveUp:
         """Send until the CRM gives a verdict, or transient trouble outlasts the policy.
 
         Raises what stops more than this call: StreamHalted (the stream's config is wrong),
@@ -261,7 +263,7 @@ class Sender:
         tries = _Tries()
         try:
             while True:
-                response, token = await self._try(call, cost, is_complex(target, count), tries)
+                response, token = await self._try(call, cost, is_complex(target, count), tries, journal)
                 if isinstance(response, TransportError):
                     if not response.retryable:
                         raise response
@@ -288,7 +290,7 @@ class Sender:
             self.outage.leave(tries)
 
     async def _try(
-        self, call: Call, cost: int, complex_call: bool, tries: _Tries
+        self, call: Call, cost: int, complex_call: bool, tries: _Tries, journal: Callable[[], object] | None
     ) -> tuple[HttpResponse | TransportError, str]:
         """One try, once the outage gate lets it go: the response (or the transport error), and the token.
 
@@ -303,6 +305,8 @@ class Sender:
         if token:
             headers["Authorization"] = f"Zoho-oauthtoken {token}"
         async with self._limits.slot(complex_call=complex_call):
+            if journal is not None and tries.calls == 0:
+                journal()  # the call is about to leave: from here on a resume counts it as possibly sent
             tries.calls += 1
             self.stats.calls += 1
             try:
@@ -521,9 +525,8 @@ class Worker:
         stream = pending[0].changes[0].stream
         for round_ in range(self._policy.record_attempts):
             sub = replace(payload, items=tuple(pending))
-            if self._journal is not None:
-                await self._journal(stream, [(i.changes[0].record_key, [c.seq for c in i.changes]) for i in pending])
-            result = await self._sender.send(sub, build_call(sub, self._api_base, trigger=self._trigger), stream)
+            call = build_call(sub, self._api_base, trigger=self._trigger)
+            result = await self._sender.send(sub, call, stream, journal=self._journal_of(stream, pending))
             book.add(pending, result.calls)
             if isinstance(result, GaveUp):
                 await self._emit(
@@ -567,10 +570,17 @@ class Worker:
             last_code, last_message, last_status = record.code, record.message, verdict.http_status
             pending = retry
             if round_ + 1 < self._policy.record_attempts:
-                await anyio.sleep(self._policy.backoff(round_))
+                await self._sender.pause(self._policy.backoff(round_))  # a stop ends it: the rest stays pending
         await self._emit(
             pending, book, started, status=Status.FAILED, code=last_code, message=last_message, http_status=last_status
         )
+
+    def _journal_of(self, stream: str, items: Sequence[PayloadItem]) -> Callable[[], object] | None:
+        """What the Sender calls when the call is about to go out: one journal line, per record its changes."""
+        journal = self._journal
+        if journal is None:
+            return None
+        return lambda: journal(stream, [(i.changes[0].record_key, [c.seq for c in i.changes]) for i in items])
 
     async def _settle(
         self,
@@ -626,6 +636,7 @@ class Worker:
         outcomes: list[Outcome] = []
         for item in items:
             book.emitted.add(id(item))
+            last = item.changes[-1].target
             outcomes.extend(
                 Outcome(
                     change=change,
@@ -638,7 +649,7 @@ class Worker:
                     attempts=book.tries.get(id(item), 0),
                     started_at=started,
                     finished_at=finished,
-                    note=note,
+                    note=note if change.target is last else (note or _SUPERSEDED),
                 )
                 for change in item.changes
             )
@@ -654,6 +665,9 @@ class Worker:
             "body": orjson.loads(call.body) if call.body else None,
         }
         self._dry_run_out.write(orjson.dumps(line) + b"\n")
+
+
+_SUPERSEDED = "coalesced: a later change of this key in the run supersedes it (a link after a delink, or the reverse)"
 
 
 def _removed_earlier(

@@ -13,17 +13,16 @@ merged several rows of a key carries its newest one. At the end:
    source order) after a newer one, in any process, not even for a moment. Every change was applied, and
    no write is one that no source row asked for.
 2. **Changes applied more than once are bounded by the calls in flight at each kill.** Which changes a write
-   applied comes from the engine's dispatch journal (the record of the same process with the same newest
-   row; the journal, which a completed run deletes, is kept by a trigger this test adds to the ledger
-   between rounds). A change applied again by a later process than the one that applied it before counts
-   against the kills: at most 100 × the sum over kills of the calls in flight at the kill, and at most the
-   changes those calls carried. *In flight* is taken from the journal, not from the sandbox: the killed
-   process's journaled calls that carry a change without an outcome in the ledger, read once the process is
-   dead (each change counted under the last call that carried it). That is what a resume re-sends, and it
-   includes calls the sandbox had already answered but whose outcomes were not yet committed, which the
-   sandbox's ``in_flight`` counter (sampled right before each kill, plus the calls it received after the
-   kill, still in transit) does not see; both are reported. A change applied again by the same process is
-   a retry after a connection dropped after the CRM applied the call: at most 100 × ``drops_after``.
+   applied comes from the engine's dispatch journal (the record of the same process with the same newest row;
+   the journal is the run's call journal beside the ledger). A change applied again by a later process than the
+   one that applied it before counts against the kills: at most 100 × the sum over kills of the calls in flight
+   at the kill, and at most the changes those calls carried. *In flight* is taken from the journal, not from
+   the sandbox: the killed process's journaled calls that carry a change without an outcome in the ledger, read
+   once the process is dead (each change counted under the last call that carried it). That is what a resume
+   re-sends, and it includes calls the sandbox had already answered but whose outcomes were not yet committed,
+   which the sandbox's ``in_flight`` counter (sampled right before each kill, plus the calls it received after
+   the kill, still in transit) does not see; both are reported. A change applied again by the same process is a
+   retry after a connection dropped after the CRM applied the call: at most 100 × ``drops_after``.
 3. The CRM is exactly in the expected state, the ledger holds one SUCCESS outcome per change in one run
    (the resumes continue it), and no change is reported twice: every outcome committed before a kill is
    still the same row, with the same ``finished_at``, at the end (a resumed run re-sends only what had no
@@ -35,7 +34,6 @@ merged several rows of a key carries its newest one. At the end:
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import random
 import signal
@@ -53,6 +51,7 @@ from typing import Any
 import anyio
 import pytest
 
+from syncengine.ledger.journal import journal_path, read_journal
 from syncengine.sandbox import Sandbox, SandboxOptions
 from tests.conftest import SECRETS, write_config
 from tests.scenario import Audit, Scenario, Sizes, audit_history, build_scenario, publish_figures, trace_history
@@ -111,7 +110,6 @@ class ChaosRun:
     duplicate_inserts: int = 0
     audit: Audit = field(default_factory=Audit)
     strange_writes: list[str] = field(default_factory=list)
-    journal_kept: bool = False  # the trigger keeping the journal was in place for the last round
     max_changes_per_call: int = 0
     seconds: float = 0.0
 
@@ -148,48 +146,16 @@ def _runs(path: Path) -> list[tuple[int, str]]:
         return [(int(i), str(s)) for i, s in conn.execute("SELECT id, state FROM runs ORDER BY id")]
 
 
-_KEPT = "chaos_kept_dispatches"
-
-
-def _keep_journal(path: Path) -> bool:
-    """Between rounds (no engine process running): a trigger that copies every dispatch row the engine
-    deletes (a completed run deletes its journal) into a table of the test's own. False: no schema yet."""
-    if not path.exists():
-        return False
-    with closing(sqlite3.connect(path, timeout=10)) as conn:
-        try:
-            with conn:
-                conn.execute(f"CREATE TABLE IF NOT EXISTS {_KEPT} (id INTEGER PRIMARY KEY, stream TEXT, groups TEXT)")
-                conn.execute(
-                    f"CREATE TRIGGER IF NOT EXISTS {_KEPT}_on_delete BEFORE DELETE ON dispatches BEGIN "
-                    f"INSERT OR IGNORE INTO {_KEPT} (id, stream, groups) VALUES (old.id, old.stream, old.groups); END"
-                )
-        except sqlite3.OperationalError:  # no dispatches table yet
-            return False
-    return True
-
-
-Dispatch = tuple[int, str, list[tuple[str, list[int]]]]  # id, stream, per record (key, seqs)
+Dispatch = tuple[int, str, list[tuple[str, list[int]]]]  # call number, stream, per record (key, seqs)
 
 
 def _journal(path: Path, since: int = 0) -> list[Dispatch]:
-    """The dispatch rows with an id above ``since``: the engine's, and those the trigger kept."""
-    if not path.exists():
-        return []
-    found: dict[int, Dispatch] = {}
-    with closing(sqlite3.connect(path, timeout=10)) as conn:
-        for table in (_KEPT, "dispatches"):
-            try:
-                rows = conn.execute(f"SELECT id, stream, groups FROM {table} WHERE id > ?", (since,)).fetchall()
-            except sqlite3.OperationalError:
-                continue
-            for i, stream, groups in rows:
-                found[int(i)] = (
-                    int(i),
-                    str(stream),
-                    [(str(k), [int(s) for s in seqs]) for k, seqs in json.loads(groups)],
-                )
-    return [found[i] for i in sorted(found)]
+    """The run's journaled calls numbered above ``since`` (the test makes one run, resumed: run 1)."""
+    return [
+        (call.id, call.stream, [(key, list(seqs)) for key, seqs in call.records])
+        for call in read_journal(journal_path(path, 1))
+        if call.id > since
+    ]
 
 
 def _open_calls(path: Path, since: int) -> tuple[int, int]:
@@ -289,7 +255,6 @@ async def run_chaos(
         command = [sys.executable, "-m", "syncengine", "--json-logs", "run", str(config.file), "--resume"]
         deadline = anyio.current_time() + time_limit
         for number in range(kills + 5):
-            out.journal_kept = await anyio.to_thread.run_sync(_keep_journal, ledger_path)
             counts = await anyio.to_thread.run_sync(_count_rows, ledger_path)
             rows_before = counts["*"]
             history_marks.append(len(sb.state.history))
@@ -479,7 +444,6 @@ def problems(run: ChaosRun, *, min_kills: int = 4) -> list[str]:
     check(not run.strange_writes, f"{len(run.strange_writes)} writes no source row asked for: {run.strange_writes[:5]}")
     check(not audit.unapplied, f"{len(audit.unapplied)} changes never applied: {audit.unapplied[:10]}")
     check(not audit.journal_problems, f"the dispatch journal: {audit.journal_problems[:5]}")
-    check(run.journal_kept, "the journal of the last round could not be kept (no ledger schema before it)")
     # Changes applied more than once: bounded by what was in flight at each kill, and by the drops.
     b = bounds(run)
     check(

@@ -128,12 +128,15 @@ async def test_daily_credit_budget_holds_across_runs(tmp_path: Path, sandbox: Sa
     src = write_csv(tmp_path / "c.csv", ["erp_id", "last_name"], [[f"C{i}", "X"] for i in range(500)])
     config = write_config(tmp_path / "sync.toml", sandbox.url, [contacts_stream(src)], credit_budget=70)
     first = await run(config)
-    assert first.summary.succeeded == 500  # 5 calls x 10 credits
+    spent = sandbox.stats.snapshot()["credits_used"]
+    # 5 calls x 10 credits, or a little more when a linger split a batch on a busy machine
+    assert first.summary.succeeded == 500 and isinstance(spent, int) and 50 <= spent <= 60
     src2 = write_csv(tmp_path / "d.csv", ["erp_id", "last_name"], [[f"C{i}", "Y"] for i in range(500, 1000)])
     config = write_config(tmp_path / "sync.toml", sandbox.url, [contacts_stream(src2)], credit_budget=70)
     second = await run(config)
-    assert second.summary.succeeded == 200 and second.summary.state == "paused"  # 20 credits were left
-    assert sandbox.stats.snapshot()["credits_used"] == 70
+    # What was left buys full calls of 100 records at 10 credits each, and the budget is never exceeded.
+    assert second.summary.succeeded == (70 - spent) // 10 * 100 and second.summary.state == "paused"
+    assert sandbox.stats.snapshot()["credits_used"] == spent + (70 - spent) // 10 * 10
 
 
 async def test_plan_counts_calls_and_credits_and_respects_skip_unchanged(tmp_path: Path, sandbox: Sandbox) -> None:

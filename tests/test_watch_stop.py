@@ -203,7 +203,6 @@ async def test_a_stop_lets_calls_in_flight_finish_and_a_restart_sends_nothing_tw
     assert second.result is not None and second.result.summary.succeeded == 200 - done
 
 
-@pytest.mark.xfail(reason="needs the pipeline half of /tmp/watch_proposal.diff (a restart's done rows)", strict=True)
 async def test_a_restarted_full_watch_never_resends_rows_done_after_a_change_left_pending(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:

@@ -1,4 +1,4 @@
-"""Skip-unchanged's memory and the dispatch journal: the SQL behind two ledger methods each.
+"""Skip-unchanged's memory in the ledger: per key, the chain of digests of what the CRM holds.
 
 **Chains.** Per stream and key, the digests of the changes that make up what the CRM holds for that key as
 far as the ledger knows: the key's changes, in source order, of the latest run that applied or confirmed
@@ -8,32 +8,22 @@ from the last digest; only the whole sequence says "this run repeats what the CR
 writes its own chain as its outcomes commit: the first contributing outcome of a key in a run replaces the
 chain of an earlier run, the next ones append to it.
 
-**Dispatches.** One row per call, written *before* the call goes out: which changes it carries, merged how
-(one group of seqs per record). A resumed run reads the rows of the changes that still have no outcome, so
-it knows exactly what the killed process may have sent, and re-sends each group merged as before.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import struct
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Final
-
-import orjson
 
 from syncengine.model import Outcome, Status
 
 __all__ = [
     "Chain",
-    "Dispatch",
     "chain_rows",
     "contributes",
     "load_chains",
-    "load_dispatches",
-    "store_dispatch",
     "upsert_chains",
 ]
 
@@ -101,33 +91,3 @@ def load_chains(conn: sqlite3.Connection, stream: str, keys: Sequence[int]) -> d
         for key, digest, run_id, blob in conn.execute(query, (stream, *chunk)):
             found[key] = (run_id, (digest,) if blob is None else _unpack(blob))
     return found
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Dispatch:
-    """One call as journaled before it went out: its id, stream, and per record its key (``parent`` NUL
-    ``key``) and the seqs merged into it."""
-
-    id: int
-    stream: str
-    records: tuple[tuple[str, tuple[int, ...]], ...]
-
-
-def store_dispatch(
-    conn: sqlite3.Connection, run_id: int, stream: str, records: Sequence[tuple[str, Sequence[int]]]
-) -> int:
-    cursor = conn.execute(
-        "INSERT INTO dispatches (run_id, stream, at, groups) VALUES (?, ?, ?, ?)",
-        (run_id, stream, time.time(), orjson.dumps([[key, list(seqs)] for key, seqs in records]).decode()),
-    )
-    assert cursor.lastrowid is not None  # an INSERT into a rowid table always sets it
-    return cursor.lastrowid
-
-
-def load_dispatches(conn: sqlite3.Connection, run_id: int) -> list[Dispatch]:
-    """Every call the run journaled, oldest first."""
-    rows = conn.execute("SELECT id, stream, groups FROM dispatches WHERE run_id = ? ORDER BY id", (run_id,))
-    return [
-        Dispatch(id=i, stream=stream, records=tuple((key, tuple(seqs)) for key, seqs in orjson.loads(groups)))
-        for i, stream, groups in rows
-    ]

@@ -112,21 +112,11 @@ CREATE TABLE positions (
 """
 
 # Skip-unchanged remembers a key's whole sequence of changes, not only the last (``ledger/chains.py``): the
-# run that wrote it and the digests packed as big-endian int64s (NULL in rows of older ledgers: ``digest``
-# alone). Dispatches: one row per call, written before it goes out, so a resume knows what may have been sent.
+# pass that wrote it and the digests packed as big-endian int64s (NULL in rows of older ledgers: ``digest``
+# alone).
 _V5: Final = """
 ALTER TABLE digests ADD COLUMN run_id INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE digests ADD COLUMN chain BLOB;
-
-CREATE TABLE dispatches (
-    id     INTEGER PRIMARY KEY,
-    run_id INTEGER NOT NULL,
-    stream TEXT NOT NULL,
-    at     REAL NOT NULL,                      -- epoch seconds
-    groups TEXT NOT NULL                       -- JSON [[key, [seq, ...]], ...]: per record, the seqs merged into it
-);
-
-CREATE INDEX dispatches_run ON dispatches (run_id);
 """
 
 # Each entry takes the schema from version i to i + 1.

@@ -26,15 +26,7 @@ import anyio
 import orjson
 
 from syncengine.errors import LedgerError
-from syncengine.ledger.chains import (
-    Chain,
-    Dispatch,
-    chain_rows,
-    load_chains,
-    load_dispatches,
-    store_dispatch,
-    upsert_chains,
-)
+from syncengine.ledger.chains import Chain, chain_rows, load_chains, upsert_chains
 from syncengine.ledger.schema import NewerSchema, migrate
 from syncengine.ledger.values import (
     ErrorCount,
@@ -249,8 +241,6 @@ class SqliteLedger:
                     "UPDATE runs SET state = ?, finished_at = ?, read = ?, counts = ? WHERE id = ?",
                     (final.value, finished_at, orjson.dumps(dict(read)).decode(), _snapshot(summary), run_id),
                 )
-                if summary.pending == 0:  # nothing left to resume: what was sent no longer matters
-                    conn.execute("DELETE FROM dispatches WHERE run_id = ?", (run_id,))
             return summary
 
         return await self._run(f"cannot finish run {run_id}", finish)
@@ -402,21 +392,14 @@ class SqliteLedger:
             f"cannot read the digests of stream {stream!r}", lambda: load_chains(self._connection(), stream, keys)
         )
 
-    async def dispatch(self, run_id: int, stream: str, records: Sequence[tuple[str, Sequence[int]]]) -> int:
-        """Journal a call before it goes out (per record: its key, the seqs merged into it); returns its id."""
+    async def unfinished_runs(self) -> set[int]:
+        """The runs that did not complete: a resume may still need their call journals."""
 
-        def store() -> int:
-            conn = self._connection()
-            with _transaction(conn):
-                return store_dispatch(conn, run_id, stream, records)
+        def load() -> set[int]:
+            rows = self._connection().execute("SELECT id FROM runs WHERE state != ?", (RunState.COMPLETED.value,))
+            return {int(run_id) for (run_id,) in rows}
 
-        return await self._run(f"cannot journal a call of run {run_id}", store)
-
-    async def dispatches(self, run_id: int) -> list[Dispatch]:
-        """The calls a run journaled, oldest first."""
-        return await self._run(
-            f"cannot read the calls of run {run_id}", lambda: load_dispatches(self._connection(), run_id)
-        )
+        return await self._run("cannot list runs", load)
 
     async def source_position(self, stream: str) -> JSON:
         """Where a database stream's next read starts (its stored ``[cursor, key]``), or None."""

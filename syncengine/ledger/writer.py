@@ -15,7 +15,9 @@ __all__ = ["LedgerWriter"]
 
 class LedgerWriter:
     """The one task that writes outcomes: a batch is committed when it holds ``batch_size`` outcomes, or
-    ``max_delay`` seconds after its first outcome arrived, whichever comes first.
+    ``max_delay`` seconds after its first outcome arrived, whichever comes first. The default delay is none:
+    a batch is whatever waits when the last commit ends, so under load batches grow by themselves, and an
+    outcome is durable within one commit of its answer (a killed process re-sends little).
 
     ``on_flush`` is called with each batch after it is committed, so counters shown to the user only move
     once what they count is durable. When the stream ends the last batch is flushed; when the writer is
@@ -29,7 +31,7 @@ class LedgerWriter:
         run_id: int,
         *,
         batch_size: int = 500,
-        max_delay: float = 0.05,
+        max_delay: float = 0.0,
         on_flush: Callable[[Sequence[Outcome]], None] | None = None,
         checkpoints: Callable[[Sequence[Outcome]], Mapping[str, int] | None] | None = None,
         credits: Callable[[], int] | None = None,
