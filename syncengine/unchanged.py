@@ -14,6 +14,9 @@ the changes the CRM holds, in source order, from the latest pass that applied or
   ends first, the held rows and every later row of ``K`` in the pass are sent at the end of the pass **as one
   record** (merged, later wins): one write, of the state the export ends with.
 
+With ``--full`` nothing is skipped, and a key written by an earlier pass is still written once, merged, at
+the end of the pass (the CRM may hold a newer row of it than the first rows read).
+
 A *pass* is one run, or one re-read of a source by ``watch`` (ended by each poll). Memory: rows are held only
 for keys whose export differs from their history; past ``MAX_HELD`` held rows, the keys held longest are
 sent at once, merged, and their later rows as they are read (source order still holds within the pass).
@@ -71,8 +74,11 @@ class Passes:
 class SkipUnchanged:
     """The decisions of one stream. Not thread-safe; one event loop."""
 
-    def __init__(self, stream: str, passes: Passes, *, max_held: int = MAX_HELD) -> None:
+    def __init__(self, stream: str, passes: Passes, *, full: bool = False, max_held: int = MAX_HELD) -> None:
         self._stream = stream
+        # --full: nothing is skipped, but the CRM may hold a newer row of a key than the rows read so far, so
+        # a key written by an earlier pass still gets one merged write at the end of the pass.
+        self._full = full
         self._passes = passes
         self._max_held = max_held
         self._matching: dict[int, _Match] = {}  # key digest -> its repeat of a chain, in progress
@@ -104,12 +110,13 @@ class SkipUnchanged:
         written_by, digests = chain
         digest = change.digest()
         if written_by == self._passes.current(self._stream):  # this pass's own writes so far
-            return (Action.SKIP, (change,)) if digest == digests[-1] else self._send(key, (change,))
-        if digests == (digest,):
+            skip = digest == digests[-1] and not self._full
+            return (Action.SKIP, (change,)) if skip else self._send(key, (change,))
+        if digests == (digest,) and not self._full:
             return Action.SKIP, (change,)
         # Only a repeat from the history's first row can end early: a row that equals a later entry may be a
         # new row with old values, and then the rows after it are not newer than the CRM's.
-        index = 1 if digest == digests[0] else -1
+        index = 1 if digest == digests[0] and not self._full else -1
         self._matching[key] = _Match(chain=digests, index=index, held=[change])
         self._held += 1
         return self._resolved(key) if index == len(digests) else (Action.HOLD, ())

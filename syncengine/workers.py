@@ -39,7 +39,7 @@ from syncengine.errors import (
     TransportError,
 )
 from syncengine.limits import CreditMeter, Limits
-from syncengine.model import JSON, Change, Operation, Outcome, Payload, PayloadItem, Status
+from syncengine.model import JSON, Change, Operation, Outcome, Payload, PayloadItem, Status, Target
 
 __all__ = ["BudgetReached", "CallStats", "Outage", "RetryPolicy", "Sender", "Stopping", "Worker"]
 
@@ -385,17 +385,28 @@ class Sender:
 
 @dataclass(slots=True)
 class _Ledger:
-    """Per payload: how many calls each record took part in, and which records already have outcomes."""
+    """Per payload: how many calls each record took part in, and which changes already have outcomes."""
 
     tries: dict[int, int] = field(default_factory=dict)  # id(item) -> calls
-    emitted: set[int] = field(default_factory=set)  # id(item) of records with their outcomes out
+    emitted: set[int] = field(default_factory=set)  # id(change) of changes with their outcomes out
 
     def add(self, items: Sequence[PayloadItem], calls: int) -> None:
         for item in items:
             self.tries[id(item)] = self.tries.get(id(item), 0) + calls
 
     def open_items(self, items: Sequence[PayloadItem]) -> list[PayloadItem]:
-        return [item for item in items if id(item) not in self.emitted]
+        """The records whose changes have no outcome yet (a record sent again in parts: what is left of it)."""
+        found: list[PayloadItem] = []
+        for item in items:
+            left = tuple(c for c in item.changes if id(c) not in self.emitted)
+            if len(left) == len(item.changes):
+                found.append(item)
+            elif left:
+                fields: dict[str, JSON] = {}
+                for change in left:
+                    fields.update(change.fields)
+                found.append(PayloadItem(key=item.key, fields=fields, changes=left))
+        return found
 
 
 class RunStop(Protocol):
@@ -563,7 +574,9 @@ class Worker:
             # re-sends records this process saw locked, which is proof they were not.
             earlier = self._possibly_sent if round_ == 0 else None
             removed = _removed_earlier(payload, pending, verdict, ambiguous=result.ambiguous, earlier=earlier)
-            retry = await self._settle(pending, verdict, removed, started, book)
+            retry, refused = await self._settle(pending, verdict, removed, started, book)
+            for item in refused:
+                await self._without_last(payload, item, started, book)
             if not retry:
                 return
             record = next(r for i, r in zip(pending, verdict.results, strict=True) if i is retry[-1])
@@ -589,16 +602,24 @@ class Worker:
         removed: set[int],
         started: float,
         book: _Ledger,
-    ) -> list[PayloadItem]:
-        """Emit each record's outcome; return the records to send again (transient trouble)."""
+    ) -> tuple[list[PayloadItem], list[PayloadItem]]:
+        """Emit each record's outcome; return the records to send again (transient trouble), and the
+        coalesced records the CRM refused (to send again without their last change)."""
         retry: list[PayloadItem] = []
+        refused: list[PayloadItem] = []
         for item, record in zip(pending, verdict.results, strict=True):
             if record.transient:
                 retry.append(item)
                 continue
+            if not record.success and id(item) not in removed and _divisible(item):
+                refused.append(item)
+                continue
             status, code, message, note = Status.REJECTED, record.code, record.message, None
             if record.success:
                 status = Status.SUCCESS
+            elif relation_not_found(record) and _links_superseded(item):
+                # The link before this delink was superseded, not sent: the CRM holds what the two leave.
+                status, code, message = Status.SUCCESS, "SUCCESS", "relation absent, as its changes leave it"
             elif id(item) in removed:
                 status, code, message = Status.SUCCESS, "SUCCESS", "relation removed"
                 note = (
@@ -616,7 +637,19 @@ class Worker:
                 details=record.details,
                 note=note,
             )
-        return retry
+        return retry, refused
+
+    async def _without_last(self, payload: Payload, item: PayloadItem, started: float, book: _Ledger) -> None:
+        """A record that merged several changes was refused: one bad value in a later change must not take
+        the earlier ones down with it. Send the earlier changes (merged, so the CRM still goes straight to
+        their state), then the last alone: each ends with its own outcome, in source order."""
+        earlier = item.changes[:-1]
+        fields: dict[str, JSON] = {}
+        for change in earlier:
+            fields.update(change.fields)
+        await self._send(payload, [PayloadItem(key=item.key, fields=fields, changes=earlier)], started, book)
+        last = item.changes[-1]
+        await self._send(payload, [PayloadItem(key=item.key, fields=last.fields, changes=(last,))], started, book)
 
     async def _emit(
         self,
@@ -635,8 +668,7 @@ class Worker:
         finished = time.time()
         outcomes: list[Outcome] = []
         for item in items:
-            book.emitted.add(id(item))
-            last = item.changes[-1].target
+            book.emitted.update(id(c) for c in item.changes)
             outcomes.extend(
                 Outcome(
                     change=change,
@@ -649,10 +681,13 @@ class Worker:
                     attempts=book.tries.get(id(item), 0),
                     started_at=started,
                     finished_at=finished,
-                    note=note if change.target is last else (note or _SUPERSEDED),
+                    note=note,
                 )
                 for change in item.changes
             )
+            last = item.changes[-1].target
+            if any(c.target is not last for c in item.changes):
+                outcomes[-len(item.changes) :] = [_superseded(o, last) for o in outcomes[-len(item.changes) :]]
         await send_all(self._outcomes, outcomes)
 
     def _write_dry_run(self, call: Call) -> None:
@@ -667,7 +702,39 @@ class Worker:
         self._dry_run_out.write(orjson.dumps(line) + b"\n")
 
 
-_SUPERSEDED = "coalesced: a later change of this key in the run supersedes it (a link after a delink, or the reverse)"
+def _superseded(outcome: Outcome, last: Target) -> Outcome:
+    """A change of a record that a later change of another kind superseded (``batcher._net_start``): not sent
+    itself. When the record went through, the CRM holds what the later change left: SKIPPED, SUPERSEDED."""
+    if outcome.change.target is last:
+        return outcome
+    if outcome.status is not Status.SUCCESS:
+        return replace(outcome, note=outcome.note or "not sent itself: a later change of this key superseded it")
+    return replace(
+        outcome,
+        status=Status.SKIPPED,
+        code="SUPERSEDED",
+        message="not sent: a later change of this key in the run supersedes it (a link after a delink, or the reverse)",
+        crm_id=None,
+        details=None,
+        note=None,
+    )
+
+
+def _links_superseded(item: PayloadItem) -> bool:
+    """A delink record that carries links of the same relation read before it (superseded by it)."""
+    last = item.changes[-1].target
+    return last.operation is Operation.DELETE_RELATED and any(c.target is not last for c in item.changes)
+
+
+def _divisible(item: PayloadItem) -> bool:
+    """A record that coalesced changes of one kind, whose fields the changes set (not delinks, not a record
+    whose earlier changes a later one superseded)."""
+    changes = item.changes
+    return (
+        len(changes) > 1
+        and changes[-1].target.operation is not Operation.DELETE_RELATED
+        and all(c.target == changes[-1].target for c in changes)
+    )
 
 
 def _removed_earlier(

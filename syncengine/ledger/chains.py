@@ -42,7 +42,9 @@ def _unpack(blob: bytes) -> tuple[int, ...]:
 
 def contributes(outcome: Outcome) -> bool:
     """Does this outcome say the CRM holds the change's effect (so it belongs to its key's chain)?"""
-    return outcome.status is Status.SUCCESS or (outcome.status is Status.SKIPPED and outcome.code == "UNCHANGED")
+    return outcome.status is Status.SUCCESS or (
+        outcome.status is Status.SKIPPED and outcome.code in ("UNCHANGED", "SUPERSEDED")
+    )
 
 
 def chain_rows(pass_of: Callable[[str, int], int], outcomes: Iterable[Outcome]) -> dict[tuple[str, int], Chain]:
