@@ -26,7 +26,7 @@ from typing import Any
 
 from syncengine.ledger import OutcomeRow, RunSummary
 from syncengine.model import Status
-from tests.sim.model import Chg, Export, Key, entry_key
+from tests.sim.model import Chg, Export, Key, entry_keys, version_field
 
 __all__ = ["Applied", "History", "Violation", "check_outcomes", "check_summary"]
 
@@ -62,8 +62,7 @@ class History:
     ) -> tuple[Applied, list[Violation]]:
         applied = Applied()
         problems: list[Violation] = []
-        for entry in entries:
-            key = entry_key(entry)
+        for entry, key in ((e, k) for e in entries for k in entry_keys(e)):
             before = self.held.get(key)
             at_before = export.position(key, before)
             after_pos = -1 if at_before is None else at_before
@@ -78,7 +77,7 @@ class History:
                     version = group[-1]
                     applied.groups.setdefault(key, []).append(group)
             else:
-                raw = entry["fields"].get("Source_Seq")
+                raw = entry["fields"].get(version_field(key))
                 version = raw if isinstance(raw, int) else None
                 at = export.position(key, version)
                 if at is None:

@@ -43,13 +43,17 @@ NO_FAULTS: dict[str, Any] = {
     "token_ttl": 3600.0,
 }  # fmt: skip
 _SEQ = FieldSpec(api_name="Source_Seq", type=FieldType.INTEGER)
+_SEQ2 = FieldSpec(api_name="Source_Seq2", type=FieldType.INTEGER)  # the phones stream's versions
 
 
 def _sim_schema() -> Schema:
     """The default schema plus ``Source_Seq`` on Contacts, Leads, Deals and the Deal-Contact relation."""
+    extra = {"Contacts": (_SEQ, _SEQ2), "Leads": (_SEQ,), "Deals": (_SEQ,)}
     modules = tuple(
-        ModuleSpec(api_name=m.api_name, fields=(*m.fields, _SEQ), duplicate_check_fields=m.duplicate_check_fields)
-        if m.api_name in ("Contacts", "Leads", "Deals")
+        ModuleSpec(
+            api_name=m.api_name, fields=(*m.fields, *extra[m.api_name]), duplicate_check_fields=m.duplicate_check_fields
+        )
+        if m.api_name in extra
         else m
         for m in DEFAULT_SCHEMA.modules
     )
@@ -89,10 +93,13 @@ def _streams(spec: Spec, directory: Path, names: list[str]) -> list[dict[str, An
                   "delete_when": {"column": "deleted", "values": ["true"]}},
         "unlinks": {**related, "operation": "delete_related", "parent": {"column": "deal_id"},
                     "match": {"column": "contact_id"}},
+        "phones": {"operation": "update", "module": "Contacts",
+                   "match": {"column": "erp", "field": "External_Contact_ID"},
+                   "fields": {"Phone": "phone", "Source_Seq2": _SEQ_MAP}},
     }  # fmt: skip
     out = []
     for name in names:
-        kind = "jsonl" if name == "leads" else "csv"
+        kind = "jsonl" if name in ("leads", "phones") else "csv"
         path = directory / f"{name}.{kind}"
         out.append({"name": name, "source": {"kind": kind, "path": str(path)}, **table[name], **common})
     return out
@@ -101,8 +108,8 @@ def _streams(spec: Spec, directory: Path, names: list[str]) -> list[dict[str, An
 def _write_sources(directory: Path, exports: dict[str, list[Row]]) -> None:
     for name, rows in exports.items():
         clean = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
-        if name == "leads":
-            (directory / "leads.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in clean))
+        if name in ("leads", "phones"):
+            (directory / f"{name}.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in clean))
             continue
         with (directory / f"{name}.csv").open("w", newline="", encoding="utf-8") as handle:
             out = csv.writer(handle)

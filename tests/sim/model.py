@@ -14,10 +14,24 @@ from typing import Any
 
 from tests.sim.spec import ROLES, UNKNOWN_LEAD, Row, Spec, contact_id, deal_id, lead_id
 
-__all__ = ["Chg", "Export", "Key", "Model", "changes_of", "crm_holds", "entry_key", "record_key"]
+__all__ = [
+    "Chg",
+    "Export",
+    "Key",
+    "Model",
+    "changes_of",
+    "crm_holds",
+    "entry_key",
+    "entry_keys",
+    "record_key",
+    "record_of",
+    "version_field",
+]
 
-# ("rec", module, record id) or ("rel", deal id, contact id)
+# ("rec", module, record id) or ("rel", deal id, contact id); the phones stream's writes of a contact are
+# their own key ("rec", "Contacts#phones", id): its rows carry their own version (Source_Seq2)
 Key = tuple[str, str, str]
+PHONES = "Contacts#phones"
 SYSTEM_FIELDS = frozenset({"id", "Created_Time", "Modified_Time", "Created_By", "Modified_By"})
 
 
@@ -63,6 +77,25 @@ class Export:
 
 def record_key(module: str, rid: str) -> Key:
     return ("rec", module, rid)
+
+
+def record_of(key: Key) -> Key:
+    """The record or link a key's writes land on."""
+    return ("rec", "Contacts", key[2]) if key[1] == PHONES else key
+
+
+def version_field(key: Key) -> str:
+    """The field that carries a key's row versions."""
+    return "Source_Seq2" if key[1] == PHONES else "Source_Seq"
+
+
+def entry_keys(entry: Mapping[str, Any]) -> list[Key]:
+    """The keys a sandbox history entry wrote (a write coalesced across contacts and phones writes both)."""
+    if entry["related_id"] is None and entry["module"] == "Contacts":
+        rid, fields = str(entry["id"]), entry["fields"]
+        keys = [("rec", PHONES, rid)] if "Source_Seq2" in fields else []
+        return [*keys, record_key("Contacts", rid)] if "Source_Seq" in fields or not keys else keys
+    return [entry_key(entry)]
 
 
 def entry_key(entry: Mapping[str, Any]) -> Key:
@@ -124,7 +157,17 @@ def _unlink(spec: Spec, row: Row, seq: int) -> Chg:
                bad="invalid" if row.get("_bad") else None)  # fmt: skip
 
 
-_READERS = {"contacts": _contact, "leads": _lead, "links": _link, "unlinks": _unlink}
+def _phone(spec: Spec, row: Row, seq: int) -> Chg:
+    erp = str(row["erp"])
+    known = erp.startswith("C") and erp[1:].isdigit() and int(erp[1:]) < spec.contacts
+    rid = contact_id(int(erp[1:])) if known else erp
+    bad = "invalid" if row.get("_bad") else (None if known else "rejected")
+    fields = {"Phone": row["phone"], "Source_Seq2": row["version"]}
+    return Chg(stream="phones", seq=seq, key=("rec", PHONES, rid), op="update", fields=fields,
+               version=_int(row["version"]), bad=bad)  # fmt: skip
+
+
+_READERS = {"contacts": _contact, "leads": _lead, "links": _link, "unlinks": _unlink, "phones": _phone}
 
 
 def changes_of(spec: Spec, stream: str, rows: Sequence[Row]) -> list[Chg]:
@@ -169,7 +212,7 @@ class Model:
             if chg.bad is not None:
                 continue
             if chg.op == "update":
-                self.records[chg.key].update(chg.fields)
+                self.records[record_of(chg.key)].update(chg.fields)
             elif chg.op == "link":
                 self.links.setdefault(chg.key, {}).update(chg.fields)
             else:
@@ -178,6 +221,7 @@ class Model:
     def differences(self, state: Any, skip: set[Key]) -> list[tuple[Key, str]]:
         """Every difference between the sandbox ``state`` and the model, leaving out the keys in ``skip``."""
         diffs: list[tuple[Key, str]] = []
+        skip = {record_of(k) for k in skip}
         for key, want in self.records.items():
             got = crm_holds(state, key)
             if key not in skip and got != want:
@@ -196,7 +240,7 @@ class Model:
 def crm_holds(state: Any, key: Key) -> dict[str, Any] | None:
     """What the sandbox holds for a key now: the record's fields (no system fields), or the link's fields."""
     if key[0] == "rec":
-        rec = state.get_record(key[1], key[2])
+        rec = state.get_record(record_of(key)[1], key[2])
         return None if rec is None else {k: v for k, v in rec.items() if k not in SYSTEM_FIELDS}
     fields = state.links.get(("Deals", key[1]), {}).get("Contacts", {}).get(key[2])
     return None if fields is None else dict(fields)

@@ -10,11 +10,13 @@ Streams (each CRM object is written by one stream only, so the order across stre
 - ``contacts``: update Contacts by ``External_Contact_ID`` (CSV; empty cells are not sent);
 - ``leads``: update Leads by record id (JSONL; ``null`` clears a field, an absent key is not sent);
 - ``links``: update_related Deals->Contacts by external IDs (CSV), ``deleted = true`` rows delink the pair;
-- ``unlinks``: delete_related Deals->Contacts by record ids (CSV, one ``?ids=`` call per deal).
+- ``unlinks``: delete_related Deals->Contacts by record ids (CSV, one ``?ids=`` call per deal);
+- ``phones``: update Contacts by ``External_Contact_ID`` too (JSONL), but only ``Phone``: the same records as
+  ``contacts``, other fields, so their order across the two streams does not matter.
 
 Every row carries ``version``: a global integer given when the row's content was made (an unchanged row of a
 re-export keeps it). The sim schema maps it to ``Source_Seq`` (records and relations), so the sandbox history
-says which row every applied write came from.
+says which row every applied write came from (``phones`` has its own, ``Source_Seq2``).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ __all__ = [
     "lead_id",
 ]
 
-STREAMS = ("contacts", "leads", "links", "unlinks")
+STREAMS = ("contacts", "leads", "links", "unlinks", "phones")
 ROLES = ("111111000000026002", "111111000000026003", "111111000000026004")
 TITLES = ("CEO", "CFO", "Buyer", "Engineer")
 CONTACT_ID0 = 111111000001000000
@@ -194,7 +196,22 @@ def _unlink_row(rng: random.Random, spec: Spec, v: _Versions) -> Row:
     return {"deal_id": deal_id(d), "contact_id": contact_id(c), "version": version}
 
 
-_MAKERS = {"contacts": _contact_row, "leads": _lead_row, "links": _link_row, "unlinks": _unlink_row}
+def _phone_row(rng: random.Random, spec: Spec, v: _Versions) -> Row:
+    version = v.next()
+    bad = rng.random()
+    if bad >= 0.95:
+        return {"erp": "", "phone": f"+1 {version}", "version": version, "_bad": 1}
+    erp = "CX0" if bad >= 0.91 else f"C{rng.randint(0, spec.contacts - 1)}"
+    return {"erp": erp, "phone": None if _chance(rng, 0.2) else f"+1 555 {version:04d}", "version": version}
+
+
+_MAKERS = {
+    "contacts": _contact_row,
+    "leads": _lead_row,
+    "links": _link_row,
+    "unlinks": _unlink_row,
+    "phones": _phone_row,
+}
 
 
 def _fresh_export(rng: random.Random, spec: Spec, v: _Versions, stream: str) -> list[Row]:
@@ -215,7 +232,13 @@ def _same_key(stream: str, row: Row, other: Row) -> Row:
     """``other``'s content under ``row``'s key (a bad ``other`` stays as it is: its key is what makes it bad)."""
     if other.get("_bad") or row.get("_bad"):
         return other
-    keys = {"contacts": ("erp_id",), "leads": ("crm_id",), "links": ("deal", "contact"), "unlinks": ("deal_id",)}
+    keys = {
+        "contacts": ("erp_id",),
+        "leads": ("crm_id",),
+        "links": ("deal", "contact"),
+        "unlinks": ("deal_id",),
+        "phones": ("erp",),
+    }
     out = dict(other)
     for k in keys[stream]:
         out[k] = row[k]

@@ -16,7 +16,10 @@ JSON and printed with its schedule; replay it (the same sources, faults and kill
 
 or replay a seeded scenario of the plain generator with ``SIM_SEED=<n>`` (same command), or sweep seeds with
 ``SIM_SEEDS=0-199 .venv/bin/python -m pytest tests/sim -k seeded -s`` (every failing seed is listed).
-Minimal failing examples found so far live in ``regressions/`` and run every time.
+Minimal failing examples found so far live in ``regressions/`` and run every time. A replay has the same
+sources, fault seeds, fault rates and kill points; the engine's own timing (backoff jitter, batching windows)
+can still differ, so a failure that needs one exact interleaving may take a few replays. Hypothesis shrinks a
+failure for at most ``SIM_SHRINK_SECONDS`` (default 90) before it reports the smallest one found.
 """
 
 from __future__ import annotations
