@@ -62,6 +62,7 @@ class Intake:
         unchanged: SkipUnchanged | None,
         passes: Passes | None,
         in_doubt: InDoubt | None,
+        superseded: set[int] | None = None,
         halt: Callable[[str, str, str], Awaitable[None]],
         on_source_error: Callable[[str, SourceError], None],
     ) -> None:
@@ -75,6 +76,7 @@ class Intake:
         self._unchanged = unchanged if chains is not None else None  # None: send everything (--full)
         self._passes = passes
         self._in_doubt = in_doubt if in_doubt else None
+        self._superseded = superseded or None  # a re-drive: seqs whose key a later change of the run overtook
         self._doubt_held: dict[tuple[int, ...], list[Change]] = {}  # an in-doubt group, until it is complete
         self._halt = halt
         self._on_source_error = on_source_error
@@ -150,15 +152,11 @@ class Intake:
         for index, change in enumerate(chunk):
             if index % 32 == 31:
                 await anyio.lowlevel.checkpoint()  # let responses in between: a chunk is ~1 ms of work
-            doubt = self._in_doubt.groups.get(change.seq) if self._in_doubt is not None else None
-            if doubt is not None:
-                action, group = self._in_doubt_group(doubt, change, keys[index] if keys else None)
-            elif unchanged is not None:
-                action, group = unchanged.decide(change, keys[index], chains.get(keys[index]))
-            else:
-                action, group = Action.SEND, (change,)
+            action, group = self._decide(change, keys[index] if keys else None, chains)
             if action is Action.SKIP:
                 skipped.extend(_unchanged(c, now) for c in group)
+            elif action is Action.SUPERSEDED:
+                skipped.extend(_overtaken(c, now) for c in group)
             elif action is Action.SEND:
                 await send_all(self._outcomes, skipped)
                 skipped = []
@@ -170,6 +168,17 @@ class Intake:
                 if not await self._hand_over(group, ()):
                     return False
         return True
+
+    def _decide(self, change: Change, key: int | None, chains: dict[int, Chain]) -> tuple[Action, tuple[Change, ...]]:
+        """What to do with one change: a re-drive's overtaken change, a resume's in-doubt group, or the rule."""
+        if self._superseded is not None and change.seq in self._superseded:
+            return Action.SUPERSEDED, (change,)
+        doubt = self._in_doubt.groups.get(change.seq) if self._in_doubt is not None else None
+        if doubt is not None:
+            return self._in_doubt_group(doubt, change, key)
+        if self._unchanged is not None and key is not None:
+            return self._unchanged.decide(change, key, chains.get(key))
+        return Action.SEND, (change,)
 
     def _in_doubt_group(
         self, group: tuple[int, ...], change: Change, key: int | None
@@ -219,6 +228,17 @@ class Intake:
             message=f"the source asks for more than max_deletes = {limit} deletes in one run: the stream is "
             "stopped before sending more; check the source, then raise max_deletes if it is right",
         )
+
+
+def _overtaken(change: Change, now: float) -> Outcome:
+    return Outcome(
+        change=change,
+        status=Status.SKIPPED,
+        code="OVERTAKEN",
+        message="not sent again: a later change of this key was applied after it failed",
+        started_at=now,
+        finished_at=now,
+    )
 
 
 def _unchanged(change: Change, now: float) -> Outcome:

@@ -148,7 +148,11 @@ async def run_sync(
         # A dry run's throwaway ledger numbers its runs anew: its passes must not pass for a real run's.
         passes = Passes(-1 if dry_run else run_id)
         unchanged = (
-            {} if history is None else {s.name: SkipUnchanged(s.name, passes, full=options.full) for s in plan.streams}
+            {}
+            if history is None
+            else {
+                s.name: SkipUnchanged(s.name, passes, full=options.full, retry_of=plan.retry_of) for s in plan.streams
+            }
         )
         dry_out: IO[bytes] | None = (
             stack.enter_context(options.dry_run_path.open("wb")) if options.dry_run_path is not None else None
@@ -241,6 +245,7 @@ async def run_sync(
                 unchanged=unchanged.get(stream.name),
                 passes=passes,
                 in_doubt=plan.in_doubt.get(stream.name),
+                superseded=plan.superseded.get(stream.name),
                 halt=halt,
                 on_source_error=on_source_error,
             )

@@ -5,7 +5,9 @@
   unread and the changes that already have a terminal outcome, and reads the dispatch journal: the changes
   without an outcome that a call of the killed process carried are *in doubt* (they may have been applied),
   each with the group it was merged into; every other change without an outcome was never sent.
-- A **re-drive** is a new run, linked to an earlier one, whose input is the source rows of its failures.
+- A **re-drive** is a new run, linked to an earlier one, whose input is the source rows of its failures; a
+  failed change whose key had a later change applied (in that run, or by a later run) is not sent again,
+  since it would take the CRM back to an older row.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ class Plan:
     done_rows: dict[str, set[tuple[bytes, bytes]]] = field(default_factory=dict)
     prior_read: dict[str, int] = field(default_factory=dict)
     in_doubt: dict[str, InDoubt] = field(default_factory=dict)  # resume: what the last process may have sent
+    retry_of: int | None = None  # a re-drive: the run whose failures it sends again
+    superseded: dict[str, set[int]] = field(default_factory=dict)  # re-drive: seqs a later change overtook
 
     def possibly_sent(self, change: Change) -> int | None:
         """The call of an earlier process of this run that may have applied ``change`` (None: never sent)."""
@@ -152,6 +156,10 @@ async def make_plan(
     if redrive is not None:
         before = await ledger.summary(redrive.run_id)
         names = [n for n in before.streams if not names or n in names]
+        overtaken = {
+            n: await ledger.superseded_seqs(redrive.run_id, n, statuses=redrive.statuses, codes=redrive.codes)
+            for n in names
+        }
     else:
         names = list(names) or [s.name for s in config.streams]
     streams = [config.stream(n) for n in names]
@@ -169,7 +177,8 @@ async def make_plan(
         await ledger.set_sources(
             run_id, {s.name: fingerprint(s.source) for s in streams if isinstance(s.source, SourceConfig)}
         )
-    return Plan(run_id=run_id, streams=streams)
+        return Plan(run_id=run_id, streams=streams)
+    return Plan(run_id=run_id, streams=streams, retry_of=redrive.run_id, superseded=overtaken)
 
 
 async def _resume(config: Config, ledger: SqliteLedger, run_id: int) -> Plan:

@@ -43,6 +43,7 @@ class Action(Enum):
 
     SEND = "send"  # hand them to the batcher as one record
     SKIP = "skip"  # record them SKIPPED/UNCHANGED
+    SUPERSEDED = "superseded"  # a re-drive's change whose key a later run wrote: record it SKIPPED/OVERTAKEN
     HOLD = "hold"  # nothing yet (the change is held)
 
 
@@ -74,8 +75,18 @@ class Passes:
 class SkipUnchanged:
     """The decisions of one stream. Not thread-safe; one event loop."""
 
-    def __init__(self, stream: str, passes: Passes, *, full: bool = False, max_held: int = MAX_HELD) -> None:
+    def __init__(
+        self,
+        stream: str,
+        passes: Passes,
+        *,
+        full: bool = False,
+        retry_of: int | None = None,
+        max_held: int = MAX_HELD,
+    ) -> None:
         self._stream = stream
+        # A re-drive of run N: a key whose chain a run after N wrote holds a newer row than N's failure.
+        self._newer_than = None if retry_of is None else (retry_of + 1) << 20
         # --full: nothing is skipped, but the CRM may hold a newer row of a key than the rows read so far, so
         # a key written by an earlier pass still gets one merged write at the end of the pass.
         self._full = full
@@ -109,7 +120,10 @@ class SkipUnchanged:
             return self._send(key, (change,))
         written_by, digests = chain
         digest = change.digest()
-        if written_by == self._passes.current(self._stream):  # this pass's own writes so far
+        current = self._passes.current(self._stream)
+        if self._newer_than is not None and self._newer_than <= written_by != current:
+            return Action.SUPERSEDED, (change,)
+        if written_by == current:  # this pass's own writes so far
             skip = digest == digests[-1] and not self._full
             return (Action.SKIP, (change,)) if skip else self._send(key, (change,))
         if digests == (digest,) and not self._full:

@@ -164,3 +164,26 @@ async def test_resume_of_a_database_stream_redoes_nothing(tmp_path: Path) -> Non
         keys = [row.key for row in rows]
         assert len(keys) == 2000 and len(set(keys)) == 2000  # one outcome per source row
         assert (sb.state.find_by_field("Contacts", "External_Contact_ID", "C1999") or {})["Last_Name"] == "New1999"
+
+
+async def test_retry_never_sends_a_failure_that_a_later_run_overtook(tmp_path: Path) -> None:
+    """A change that FAILED in run 1 is not re-driven after run 2 applied a newer row of its key: the CRM
+    keeps the newer row, and the re-drive records the old change SKIPPED/OVERTAKEN."""
+    async with Sandbox(SandboxOptions(error_rate=1.0)) as sb:
+        src = contacts(sb, tmp_path, 3)
+        config = write_config(tmp_path / "sync.toml", sb.url, [stream(src)])
+        first = await run(config, policy=RetryPolicy(attempts=2, wait_initial=0.001, wait_max=0.002))
+        assert first.summary.failed == 3
+        sb.set_faults(error_rate=0.0)
+        write_csv(src, ["erp_id", "last_name"], [["C0", "Newer0"], ["C1", "Newer1"]])  # C2 has no newer row
+        assert (await run(config)).summary.succeeded == 2
+        redrive = await run(config, redrive=Redrive(run_id=first.summary.run_id))
+        r = redrive.summary
+        assert (r.read, r.succeeded, r.skipped, r.adds_up) == (3, 1, 2, True)
+        names = {
+            k: (sb.state.find_by_field("Contacts", "External_Contact_ID", k) or {})["Last_Name"]
+            for k in ("C0", "C1", "C2")
+        }
+        assert names == {"C0": "Newer0", "C1": "Newer1", "C2": "New2"}
+        rows = await ledger_rows(config.ledger.path, r.run_id)
+        assert sorted((row.seq, row.code) for row in rows) == [(1, "OVERTAKEN"), (2, "OVERTAKEN"), (3, "SUCCESS")]

@@ -392,6 +392,26 @@ class SqliteLedger:
             f"cannot read the digests of stream {stream!r}", lambda: load_chains(self._connection(), stream, keys)
         )
 
+    async def superseded_seqs(
+        self, run_id: int, stream: str, *, statuses: Collection[Status], codes: Collection[str] | None
+    ) -> set[int]:
+        """Of a run's changes with these statuses (and codes), those whose key had a later change applied in
+        the same run: a re-drive must not send them after it (the CRM would go back to an older row)."""
+        where, params = _filters(statuses, codes, stream)
+        query = (
+            "WITH later AS (SELECT key, coalesce(parent, '') AS parent, max(seq) AS last FROM outcomes "
+            "WHERE run_id = ? AND stream = ? AND (status = 'SUCCESS' OR "
+            "(status = 'SKIPPED' AND code IN ('UNCHANGED', 'SUPERSEDED'))) GROUP BY key, coalesce(parent, '')) "
+            "SELECT o.seq FROM outcomes o JOIN later l ON l.key = o.key AND l.parent = coalesce(o.parent, '') "
+            f"WHERE o.run_id = ?{where.replace(' AND ', ' AND o.')} AND l.last > o.seq"
+        )
+
+        def load() -> set[int]:
+            rows = self._connection().execute(query, (run_id, stream, run_id, *params))
+            return {int(seq) for (seq,) in rows}
+
+        return await self._run(f"cannot read run {run_id}", load)
+
     async def unfinished_runs(self) -> set[int]:
         """The runs that did not complete: a resume may still need their call journals."""
 
