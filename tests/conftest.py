@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from syncengine.config import Config, Secrets, load_config
+from syncengine.model import JSON
 from syncengine.pipeline import RunOptions, RunResult, run_sync
 from syncengine.sandbox import Sandbox, SandboxOptions
 from syncengine.workers import RetryPolicy
@@ -73,6 +74,20 @@ def write_config(path: Path, url: str, streams: Sequence[Mapping[str, Any]], **c
 
 async def run(config: Config, *, secrets: Secrets | None = SECRETS, **options: Any) -> RunResult:
     return await run_sync(config, secrets, options=RunOptions(policy=options.pop("policy", FAST), **options))
+
+
+def stat(source: Sandbox | Mapping[str, JSON], *path: str) -> int:
+    """One counter of the sandbox's stats as an int: ``stat(sb, "errors_500")``, ``stat(sb, "calls", "update")``.
+
+    ``source`` is a sandbox (its stats read now) or a ``stats.snapshot()`` taken earlier. A missing key raises
+    KeyError, as indexing the snapshot does; a counter that is not an int fails the test.
+    """
+    value: JSON = dict(source.stats.snapshot() if isinstance(source, Sandbox) else source)
+    for key in path:
+        assert isinstance(value, dict), (path, value)
+        value = value[key]
+    assert type(value) is int, (path, value)
+    return value
 
 
 @pytest.fixture

@@ -126,7 +126,9 @@ def _seed(sb: Sandbox) -> dict[str, str]:
     return ids
 
 
-def _streams(tmp_path: Path, ids: Mapping[str, str]) -> tuple[list[dict[str, Any]], dict[tuple[str, int], tuple]]:
+def _streams(
+    tmp_path: Path, ids: Mapping[str, str]
+) -> tuple[list[dict[str, Any]], dict[tuple[str, int], tuple[Status, str]]]:
     """Write every source; return the streams and the expected (status, code) per (stream, seq)."""
     expected: dict[tuple[str, int], tuple[Status, str]] = {}
 
@@ -350,7 +352,7 @@ async def test_empty_sources_read_nothing_and_the_run_completes(tmp_path: Path, 
         "blank.jsonl": b"\n \n",
         "empty.jsonl": b"",
     }
-    streams = []
+    streams: list[dict[str, Any]] = []
     for name, content in sources.items():
         (tmp_path / name).write_bytes(content)
         streams.append(

@@ -13,6 +13,7 @@ from syncengine.config import (
     FieldMapping,
     KeyConfig,
     Secrets,
+    SourceConfig,
     SqlSourceConfig,
     load_config,
     load_secrets,
@@ -140,6 +141,7 @@ def test_full_config_round_trip(tmp_path: Path) -> None:
     assert config.ledger.path == tmp_path.resolve() / "state" / "ledger.db"
 
     contacts = config.stream("contacts")
+    assert isinstance(contacts.source, SourceConfig)
     assert contacts.source.path == tmp_path.resolve() / "exports" / "contacts.csv"
     assert (contacts.source.delimiter, contacts.source.quotechar, contacts.source.empty) == (";", "'", "null")
     assert contacts.source.encoding == "cp1252"
@@ -191,6 +193,7 @@ def test_defaults(tmp_path: Path) -> None:
     stream = config.streams[0]
     assert (stream.batch_size, stream.linger) == (100, 0.2)
     source = stream.source
+    assert isinstance(source, SourceConfig)
     assert (source.encoding, source.delimiter, source.quotechar, source.empty) == (
         "utf-8",
         ",",

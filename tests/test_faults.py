@@ -24,7 +24,7 @@ from syncengine.ledger import SqliteLedger
 from syncengine.model import Status
 from syncengine.sandbox import DEFAULT_SCHEMA, Sandbox, SandboxOptions, SandboxState
 from syncengine.workers import RetryPolicy
-from tests.conftest import run, write_config
+from tests.conftest import run, stat, write_config
 from tests.scenario import ROLES, Sizes, build_scenario, publish_figures
 
 SEED = int(os.environ.get("SYNCENGINE_FAULT_SEED", "20240611"))  # another seed: another scenario and faults
@@ -189,11 +189,11 @@ async def test_fault_suite_ends_in_the_expected_state(
     # Limits respected, not discovered.
     assert stats["max_concurrent_refreshes"] == 1
     assert 1 <= result.max_in_flight <= CONCURRENCY
-    assert 1 <= int(stats["max_in_flight"]) <= CONCURRENCY  # type: ignore[call-overload]
+    assert 1 <= stat(stats, "max_in_flight") <= CONCURRENCY
     assert throttled["concurrency"] == 0
     assert stats["key_overlaps"] == 0
     # ... and the faults did happen.
     for name in ("errors_500", "drops_before", "drops_after", "locks_injected", "tokens_expired_401"):
         assert stats[name], f"no {name} injected: {stats}"
     assert throttled["random"] and storms.storms >= 1
-    assert int(stats["refreshes"]) >= 1 + elapsed // 3  # type: ignore[call-overload]
+    assert stat(stats, "refreshes") >= 1 + elapsed // 3

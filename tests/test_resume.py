@@ -15,7 +15,7 @@ from syncengine.pipeline import Redrive, RunControl, RunOptions, run_sync
 from syncengine.progress import RunProgress
 from syncengine.sandbox import Sandbox, SandboxOptions
 from syncengine.workers import RetryPolicy
-from tests.conftest import FAST, SECRETS, run, write_config, write_csv
+from tests.conftest import FAST, SECRETS, run, stat, write_config, write_csv
 
 
 def contacts(sb: Sandbox, tmp_path: Path, n: int, **stream: Any) -> Path:
@@ -65,12 +65,12 @@ async def test_stop_then_resume_ends_with_one_outcome_per_change(tmp_path: Path)
         s = first.summary
         assert first.interrupted and s.state == "interrupted" and s.adds_up
         assert 300 <= s.succeeded < 2000 and s.pending == s.read - s.succeeded
-        calls_before = sb.stats.snapshot()["calls"]["update"]
+        calls_before = stat(sb, "calls", "update")
         second = await run(config, resume=s.run_id)
         r = second.summary
         assert (r.run_id, r.state, r.read, r.succeeded, r.pending) == (s.run_id, "completed", 2000, 2000, 0)
         # Only what had no outcome was sent again: at most a few in-flight payloads of overlap.
-        resent = sb.stats.snapshot()["calls"]["update"] - calls_before
+        resent = stat(sb, "calls", "update") - calls_before
         assert resent <= (2000 - s.succeeded) // 50 + 2
         rows = await ledger_rows(config.ledger.path, s.run_id)
         assert sorted(r.seq for r in rows) == list(range(1, 2001))

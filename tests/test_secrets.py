@@ -26,7 +26,7 @@ from syncengine.crm.auth import TokenProvider
 from syncengine.crm.transport import HttpResponse, Transport
 from syncengine.errors import AuthError, SecretsError
 from syncengine.sandbox import Sandbox, SandboxOptions
-from tests.conftest import write_config, write_csv
+from tests.conftest import stat, write_config, write_csv
 
 CLIENT_ID = "1000.CLIENTID7Q2W"
 CLIENT_SECRET = "csec-Zx81Qm3vTq7Lp0wE9rYu"
@@ -55,7 +55,8 @@ def leaks(text: str, secrets: list[str]) -> list[str]:
 
 async def syncengine(*args: object, cwd: Path, env: Mapping[str, str]) -> tuple[int, str]:
     """The CLI in a subprocess (waited for in a thread: the sandbox serves in this loop); exit code, all output."""
-    run = functools.partial(
+    # Annotated: mypy would pick subprocess.run's text=True overload for the partial.
+    run: functools.partial[subprocess.CompletedProcess[bytes]] = functools.partial(
         subprocess.run,
         [sys.executable, "-m", "syncengine", *map(str, args)],
         cwd=cwd,
@@ -148,7 +149,11 @@ async def test_no_secret_in_any_output_of_a_faulty_run(tmp_path: Path) -> None:
             assert "invalid_c" in outputs[name]  # invalid_client / invalid_code: the refusal is shown, not its input
 
     # The run met every path it should have: 500s, drops, INVALID_TOKEN and refreshes mid-run.
-    assert stats["errors_500"] and stats["drops_before"] + stats["drops_after"] and stats["tokens_expired_401"], stats
+    assert (
+        stat(stats, "errors_500")
+        and stat(stats, "drops_before") + stat(stats, "drops_after")
+        and stat(stats, "tokens_expired_401")
+    ), stats
     assert refreshes_in_run >= 2 and len(issued) >= 2
 
     for args in (

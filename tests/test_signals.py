@@ -33,7 +33,9 @@ def rows_in(ledger: Path) -> int:
         return 0
 
 
-async def run_cli(*args: str, cwd: Path, signals: tuple[int, ...] = (), after_rows: int = 0) -> tuple[int, str]:
+async def run_cli(
+    *args: str, cwd: Path, signals: tuple[signal.Signals, ...] = (), after_rows: int = 0
+) -> tuple[int, str]:
     """Run the CLI; once the ledger holds ``after_rows`` outcomes, send ``signals`` (one per 50 ms)."""
     out = cwd / f"out-{len(list(cwd.glob('out-*')))}.txt"
     with out.open("wb") as handle:
@@ -62,7 +64,7 @@ async def run_cli(*args: str, cwd: Path, signals: tuple[int, ...] = (), after_ro
     [(signal.SIGINT,), (signal.SIGTERM,), (signal.SIGINT, signal.SIGINT)],
     ids=["ctrl-c", "sigterm", "twice"],
 )
-async def test_a_signal_stops_cleanly_and_resume_finishes(tmp_path: Path, signals: tuple[int, ...]) -> None:
+async def test_a_signal_stops_cleanly_and_resume_finishes(tmp_path: Path, signals: tuple[signal.Signals, ...]) -> None:
     """Stop reading, finish or cancel what is in flight, print the pending count, exit 130; resume completes."""
     async with Sandbox(SandboxOptions(latency_ms=(20, 40))) as sb:
         sb.state.load(

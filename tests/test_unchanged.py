@@ -32,7 +32,7 @@ class Row:
 def change(row: Row, seq: int) -> Change:
     # Each row also writes its own version, as an export's change log does (a timestamp, a version column):
     # rows with equal digests are then the same row, kept.
-    fields: dict[str, JSON] = {name: value for name, value in row.fields} | {"v": row.ident}
+    fields: dict[str, JSON] = {**{name: value for name, value in row.fields}, "v": row.ident}
     return Change(stream="s", seq=seq, target=TARGET, key="K", fields=fields)
 
 

@@ -14,7 +14,7 @@ import pytest
 from syncengine.metrics import Telemetry, serve_metrics
 from syncengine.pipeline import RunControl, RunOptions, RunResult, run_sync
 from syncengine.sandbox import Sandbox
-from tests.conftest import FAST, SECRETS, write_config
+from tests.conftest import FAST, SECRETS, stat, write_config
 
 ROLE = "111111000000026002"
 
@@ -117,7 +117,7 @@ async def test_watch_follows_inserts_updates_deletes_across_an_outage_and_a_rest
         sandbox.set_faults(error_rate=1.0)  # an outage: the watch waits it out
         for i in range(60, 70):
             upsert(i, f"D{i % 5}", f"C{i}")
-        await wait_until(lambda: sandbox.stats.snapshot()["errors_500"] >= 5)
+        await wait_until(lambda: stat(sandbox, "errors_500") >= 5)
         first.control.stop()
     assert first.result is not None and first.result.interrupted
     sandbox.set_faults(error_rate=0.0)
@@ -164,7 +164,7 @@ async def test_metrics_count_what_the_watch_did(tmp_path: Path, sandbox: Sandbox
     assert 'status="REJECTED"' in text
     assert "syncengine_token_refreshes_total 1.0" in text
     calls = next(line for line in text.splitlines() if line.startswith("syncengine_calls_total"))
-    assert float(calls.split()[-1]) == sandbox.stats.snapshot()["calls"]["update_related"]
+    assert float(calls.split()[-1]) == stat(sandbox, "calls", "update_related")
 
 
 @pytest.fixture

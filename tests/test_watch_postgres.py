@@ -17,7 +17,7 @@ import pytest
 from anyio.abc import Process
 
 from syncengine.sandbox import Sandbox
-from tests.conftest import write_config
+from tests.conftest import stat, write_config
 from tests.pg import postgres_database, postgres_dsn  # noqa: F401 - fixtures
 
 ROLE = "111111000000026002"
@@ -167,7 +167,7 @@ async def test_watch_process_follows_postgres_through_an_outage_and_a_restart(
             " FROM generate_series(90, 99) i",
             ROLE,
         )
-        await wait_until(lambda: sandbox.stats.snapshot()["errors_500"] >= 3)
+        await wait_until(lambda: stat(sandbox, "errors_500") >= 3)
         assert process.returncode is None
     finally:
         code = await stop(process)
