@@ -1,7 +1,8 @@
 """``syncengine sandbox``: run the sandbox server until Ctrl-C or SIGTERM.
 
 The lead registers ``sandbox_command`` in the main ``syncengine`` group; ``python -m
-syncengine.sandbox`` runs it on its own.
+syncengine.sandbox`` runs it on its own. ``--strict`` is the real-Zoho profile; each of its
+readings is also a ``--X/--no-X`` flag of its own that wins over the profile (``options.py``).
 """
 
 from __future__ import annotations
@@ -9,14 +10,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
-from syncengine.sandbox.options import SandboxOptions
+from syncengine.sandbox.options import STRICT, SandboxOptions
 from syncengine.sandbox.server import Sandbox
 
-__all__ = ["parse_latency", "sandbox_command"]
+__all__ = ["PROFILE_FLAGS", "parse_latency", "sandbox_command"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+# The strict profile's readings: option -> help. Each is a --X/--no-X flag; unset, it follows --strict.
+PROFILE_FLAGS: dict[str, str] = {
+    "refuse_bulk_external": "PUT /{Module} ignores X-EXTERNAL for addressing: a record without id answers "
+    'MANDATORY_NOT_FOUND {"api_name": "id"} (PUT /{Module}/{ext} still works).',
+    "access_denied_400": 'The token endpoint\'s "Access Denied" is HTTP 400 with "status": "failure" (else 200).',
+    "access_denied_localized": 'Every other "Access Denied" is localized: "error": "拒绝访问".',
+    "shuffle_related": "data[] of update-related and delink answers in a shuffled order (entries carry details.id).",
+    "delink_missing_404": "A ?ids= delink naming a related record that does not exist answers 404 INVALID_DATA "
+    '"The record does not exist" for the whole call, with no data[] and nothing removed.',
+    "reject_unknown_fields": 'An unknown field API name is INVALID_DATA "the field api name given seems to be '
+    'invalid" for its record (else ignored).',
+    "html_errors": "The calls --error-rate picks get an HTML page, 400, 502 or 503, instead of a JSON 500.",
+    "raw_path_routing": "Split the path before decoding it: a key a%2Fb stays one key (else it routes as a/b).",
+    "reject_encoded_keys": "A key with an encoded / ? # % or \\ in the path answers 404 INVALID_URL_PATTERN.",
+    "mixed_status_200": "A data[] answer with some successes and some errors is HTTP 200, not 207.",
+    "limit_exceeded_in_data": "More than 100 records: LIMIT_EXCEEDED wrapped in data[] with one entry, as the OAS "
+    "shows (else a top-level envelope).",
+    "bind_tokens_to_host": "An access token works only on the host of the api_domain its token response named; "
+    "elsewhere 401 INVALID_TOKEN (a token of another data centre).",
+}
+assert set(PROFILE_FLAGS) | {"refresh_lockout"} == set(STRICT)
 
 
 def parse_latency(text: str) -> tuple[float, float]:
@@ -47,6 +73,14 @@ def _scoped(_: click.Context, __: click.Parameter, value: tuple[str, ...]) -> tu
     return tuple(pairs)
 
 
+def _profile_options(command: _F) -> _F:
+    """Add one --X/--no-X flag per reading of the strict profile (default: follow --strict)."""
+    for name, text in reversed(PROFILE_FLAGS.items()):
+        flag = name.replace("_", "-")
+        command = click.option(f"--{flag}/--no-{flag}", name, default=None, help=text + " On with --strict.")(command)
+    return command
+
+
 async def _serve(options: SandboxOptions, want_dump: bool) -> bytes | None:
     """Serve until a signal; returns the final state (seed format) when ``want_dump``."""
     stop = asyncio.Event()
@@ -55,7 +89,9 @@ async def _serve(options: SandboxOptions, want_dump: bool) -> bytes | None:
         with contextlib.suppress(NotImplementedError):  # no signal handlers on some platforms
             loop.add_signal_handler(sig, stop.set)
     async with Sandbox(options) as sb:
-        click.echo(f"Zoho CRM sandbox listening on {sb.url}")
+        click.echo(
+            f"Zoho CRM sandbox listening on {sb.url}" + ("  (strict: the real-Zoho profile)" if options.strict else "")
+        )
         click.echo(f"  accounts URL : {sb.url}/oauth/v2/token")
         click.echo(f"  API base     : {sb.url}/crm/v7")
         click.echo(
@@ -78,6 +114,51 @@ async def _serve(options: SandboxOptions, want_dump: bool) -> bytes | None:
 
 
 @click.command("sandbox")
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="The real-Zoho profile: every stricter reading of Zoho's docs (each flag below marked 'On with "
+    "--strict', and --refresh-lockout-minutes 15). Amounts of faults (rates, locked records) stay as given.",
+)
+@_profile_options
+@click.option(
+    "--refresh-lockout-minutes",
+    type=float,
+    help="After the refresh limit is hit, refuse every token request until this many minutes pass with no "
+    "request (default 0; 15 with --strict).",
+)
+@click.option(
+    "--api-domain",
+    help="The api_domain token responses name (default: the sandbox's own URL); with --bind-tokens-to-host a "
+    "token works only on that host.",
+)
+@click.option(
+    "--token-scope",
+    default="ZohoCRM.modules.ALL,ZohoCRM.settings.ALL,ZohoCRM.coql.READ",
+    show_default=True,
+    help="Scopes of the tokens the token endpoint issues (POST /coql needs ZohoCRM.coql.READ).",
+)
+@click.option(
+    "--persistent-lock-rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Fraction of records locked for good (RECORD_LOCKED, action record_locking), chosen per record id.",
+)
+@click.option(
+    "--locked-record",
+    "locked_records",
+    multiple=True,
+    metavar="ID",
+    help="Record id locked for good: RECORD_LOCKED with action record_locking, never clearing (repeatable).",
+)
+@click.option(
+    "--authorization-failed",
+    "authorization_failed_modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Module whose every write answers a request-level 400 AUTHORIZATION_FAILED (repeatable).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on; 0 picks a free one.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random fault (reproducible).")
@@ -138,7 +219,7 @@ async def _serve(options: SandboxOptions, want_dump: bool) -> bytes | None:
     default=0.0,
     show_default=True,
     type=float,
-    help="Fraction of records answered RECORD_LOCKED.",
+    help="Fraction of records answered RECORD_LOCKED, action zia_vision_processing (transient).",
 )
 @click.option(
     "--refresh-limit",
@@ -186,56 +267,17 @@ async def _serve(options: SandboxOptions, want_dump: bool) -> bytes | None:
     is_flag=True,
     help="Keep every applied write, in order, for GET /__sandbox/history (memory grows with the writes).",
 )
-def sandbox_command(
-    *,
-    host: str,
-    port: int,
-    seed: int,
-    data_file: Path | None,
-    dump: Path | None,
-    concurrency: int,
-    sub_concurrency: int,
-    credits: int | None,
-    token_ttl: float,
-    latency_ms: tuple[float, float],
-    error_rate: float,
-    drop_rate: float,
-    throttle_rate: float,
-    lock_rate: float,
-    refresh_limit: int,
-    client_id: str,
-    client_secret: str,
-    refresh_token: str,
-    static_tokens: tuple[str, ...],
-    scoped_tokens: tuple[tuple[str, str], ...],
-    no_permission_modules: tuple[str, ...],
-    history: bool,
-) -> None:
-    """Run a Zoho CRM v7-compatible sandbox server with real state, limits and reproducible faults."""
+def sandbox_command(*, dump: Path | None, history: bool, refresh_lockout_minutes: float | None, **params: Any) -> None:
+    """Run a Zoho CRM v7-compatible sandbox server with real state, limits and reproducible faults.
+
+    The default profile answers the way syncengine was built to expect; --strict is the real-Zoho
+    profile (every stricter reading of Zoho's docs the wire-fidelity audit lists). POST /crm/v7/coql
+    (select ... where Field in (...), up to 50 values, LIMIT up to 2000 rows) is served in both.
+    """
+    if refresh_lockout_minutes is not None:
+        params["refresh_lockout"] = refresh_lockout_minutes * 60
     try:
-        options = SandboxOptions(
-            host=host,
-            port=port,
-            seed=seed,
-            data_file=data_file,
-            concurrency=concurrency,
-            sub_concurrency=sub_concurrency,
-            credits=credits,
-            token_ttl=token_ttl,
-            latency_ms=latency_ms,
-            error_rate=error_rate,
-            drop_rate=drop_rate,
-            throttle_rate=throttle_rate,
-            lock_rate=lock_rate,
-            refresh_limit=refresh_limit,
-            client_id=client_id,
-            client_secret=client_secret,
-            refresh_token=refresh_token,
-            static_tokens=static_tokens,
-            scoped_tokens=scoped_tokens,
-            no_permission_modules=no_permission_modules,
-            record_history=history,
-        )
+        options = SandboxOptions(record_history=history, **params)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     final = asyncio.run(_serve(options, dump is not None))

@@ -3,13 +3,25 @@
 Every function takes the already-parsed body and answers a ``Reply``; the server owns HTTP,
 auth, limits and faults. Per-record validation order, first error wins: addressing (id or external
 value), record lock, field values in input order (type, length, picklist, mandatory set to null),
-missing mandatory fields (inserts only), unique values. Unknown field API names are ignored, as
-Zoho does; so are keys starting with ``$`` (``$append_values``) and the system fields.
+missing mandatory fields (inserts only), unique values. Unknown field API names are ignored (the
+default profile), or with ``reject_unknown_fields`` answered INVALID_DATA "the field api name given
+seems to be invalid" for that record (the OAS's message; audit row 16). Keys starting with ``$``
+(``$append_values``), ``id`` and the system fields are always ignored.
+
+Locks: a ``Locker`` says, per record, whether it is locked and by what. A lock from
+``locked_records`` or ``persistent_lock_rate`` is ``details.action = "record_locking"`` (a user's or
+a locking rule's: it never clears); a random one from ``lock_rate`` is ``"zia_vision_processing"``
+(transient: the next try may pass).
+
+Bulk update by external value: with ``refuse_bulk_external`` the server passes no external field to
+``update_records``, so every record must carry ``id`` (MANDATORY_NOT_FOUND ``api_name: "id"`` if it
+does not) and the external field in the body is an ordinary value.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from syncengine.model import JSON
@@ -18,7 +30,10 @@ from syncengine.sandbox.schema import BadValue, FieldSpec, ModuleSpec, check_val
 from syncengine.sandbox.state import SYSTEM_USER, SandboxState
 
 __all__ = [
+    "PERSISTENT",
+    "TRANSIENT",
     "Locker",
+    "Rules",
     "get_record",
     "insert_records",
     "list_records",
@@ -30,8 +45,30 @@ __all__ = [
     "validate_fields",
 ]
 
-# Decides, per record, whether to answer RECORD_LOCKED (the server draws it from the seeded RNG).
-Locker = Callable[[], bool]
+PERSISTENT = "record_locking"  # a lock set by a user or a locking rule: it stays until unlocked
+TRANSIENT = "zia_vision_processing"  # a lock while Zia processes the record: it clears by itself
+# (module, record id) -> the lock's action, or None when the record is not locked.
+Locker = Callable[[str, str], str | None]
+_UNKNOWN_FIELD = "the field api name given seems to be invalid"
+_ALWAYS_IGNORED = frozenset({"id", "Created_Time", "Modified_Time", "Created_By", "Modified_By"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rules:
+    """What one call's records are held to, besides the schema."""
+
+    locked: Locker
+    now: str
+    reject_unknown: bool = False  # unknown field API names are INVALID_DATA, not ignored
+
+
+def _no_lock(_module: str, _rid: str) -> str | None:
+    return None
+
+
+def no_locks(now: str) -> Rules:
+    """Rules with no locks and unknown names ignored (what inserts and tests need)."""
+    return Rules(locked=_no_lock, now=now)
 
 
 def module_id(module: str) -> str:
@@ -67,12 +104,13 @@ def _mandatory(i: int, name: str) -> dict[str, JSON]:
     )
 
 
-def _locked(i: int) -> dict[str, JSON]:
-    return entry_error(
-        "RECORD_LOCKED",
-        "the record is locked",
-        {"api_name": "id", "json_path": _path(i, "id"), "action": "record_locking"},
+def _locked(i: int, action: str) -> dict[str, JSON]:
+    message = (
+        "Sorry, you cannot perform this operation as the record is locked."  # the OAS example's
+        if action == PERSISTENT
+        else "the record is locked"
     )
+    return entry_error("RECORD_LOCKED", message, {"api_name": "id", "json_path": _path(i, "id"), "action": action})
 
 
 def _record_details(rec: dict[str, JSON]) -> dict[str, JSON]:
@@ -93,6 +131,7 @@ def validate_fields(
     *,
     record_id: str | None,
     skip: str | None = None,
+    reject_unknown: bool = False,
 ) -> tuple[dict[str, JSON], dict[str, JSON] | None]:
     """Check one input record: (fields to store, None) or ({}, the error entry).
 
@@ -103,8 +142,10 @@ def validate_fields(
     by_name = spec.by_name
     for name, value in item.items():
         fspec = by_name.get(name)
+        if fspec is None and reject_unknown and name not in _ALWAYS_IGNORED and not name.startswith("$"):
+            return {}, entry_error("INVALID_DATA", _UNKNOWN_FIELD, {"api_name": name, "json_path": _path(i, name)})
         if fspec is None or name == skip:
-            continue  # unknown field API names are ignored silently, as Zoho does
+            continue  # unknown field API names are ignored silently (the default profile)
         if value is None or value == "":
             if fspec.mandatory:
                 return {}, _mandatory(i, name)
@@ -153,16 +194,16 @@ def _apply_update(
     item: dict[str, Any],
     i: int,
     rid: str,
-    locked: Locker,
-    now: str,
+    rules: Rules,
     skip: str | None,
 ) -> dict[str, JSON]:
-    if locked():
-        return _locked(i)
-    fields, error = validate_fields(state, spec, item, i, record_id=rid, skip=skip)
+    action = rules.locked(spec.api_name, rid)
+    if action is not None:
+        return _locked(i, action)
+    fields, error = validate_fields(state, spec, item, i, record_id=rid, skip=skip, reject_unknown=rules.reject_unknown)
     if error is not None:
         return error
-    state.update(spec.api_name, rid, fields, now=now)
+    state.update(spec.api_name, rid, fields, now=rules.now)
     return entry_success("record updated", _record_details(state.records[spec.api_name][rid]))
 
 
@@ -202,8 +243,7 @@ def update_records(
     spec: ModuleSpec,
     data: Sequence[Any],
     ext_field: str | None,
-    locked: Locker,
-    now: str,
+    rules: Rules,
 ) -> Reply:
     """``PUT /{Module}``: each record carries ``id`` (or, with X-EXTERNAL, the external field)."""
     entries: list[dict[str, JSON]] = []
@@ -215,7 +255,7 @@ def update_records(
         if error is not None or rid is None:
             entries.append(error or {})
             continue
-        entries.append(_apply_update(state, spec, item, i, rid, locked, now, ext_field))
+        entries.append(_apply_update(state, spec, item, i, rid, rules, ext_field))
     return data_reply(entries)
 
 
@@ -225,8 +265,7 @@ def update_one(
     key: str,
     ext_field: str | None,
     data: Sequence[Any],
-    locked: Locker,
-    now: str,
+    rules: Rules,
 ) -> Reply:
     """``PUT /{Module}/{id}`` or ``PUT /{Module}/{ext}`` with X-EXTERNAL: the first record of ``data``."""
     module = spec.api_name
@@ -241,7 +280,7 @@ def update_one(
     item = data[0]
     if not isinstance(item, dict):
         return data_reply([entry_error("INVALID_DATA", "invalid data", {"json_path": "$.data[0]"})])
-    return data_reply([_apply_update(state, spec, item, 0, rid, locked, now, ext_field)])
+    return data_reply([_apply_update(state, spec, item, 0, rid, rules, ext_field)])
 
 
 def _check_fields(spec: ModuleSpec, ext_field: str | None, dup_fields: Sequence[Any] | None) -> list[str] | Reply:
@@ -270,8 +309,7 @@ def upsert_records(
     data: Sequence[Any],
     dup_fields: Sequence[Any] | None,
     ext_field: str | None,
-    locked: Locker,
-    now: str,
+    rules: Rules,
 ) -> Reply:
     """``POST /{Module}/upsert``: update the record a duplicate-check field matches, else insert.
 
@@ -301,16 +339,16 @@ def upsert_records(
                 matched_on = name
                 break
         if match is not None:
-            entry = _apply_update(state, spec, item, i, match, locked, now, None)
+            entry = _apply_update(state, spec, item, i, match, rules, None)
             if entry["status"] == "success":
                 entry = {"code": "SUCCESS", "duplicate_field": matched_on, "action": "update", **entry}
             entries.append(entry)
             continue
-        fields, error = validate_fields(state, spec, item, i, record_id=None)
+        fields, error = validate_fields(state, spec, item, i, record_id=None, reject_unknown=rules.reject_unknown)
         if error is not None:
             entries.append(error)
             continue
-        rid = state.insert(module, fields, now=now)
+        rid = state.insert(module, fields, now=rules.now)
         details = _record_details(state.records[module][rid])
         entries.append(
             {
@@ -323,18 +361,18 @@ def upsert_records(
     return data_reply(entries)
 
 
-def insert_records(state: SandboxState, spec: ModuleSpec, data: Sequence[Any], now: str) -> Reply:
+def insert_records(state: SandboxState, spec: ModuleSpec, data: Sequence[Any], rules: Rules) -> Reply:
     """``POST /{Module}``: insert every record; 201 when all were added, as Zoho's insert does."""
     entries: list[dict[str, JSON]] = []
     for i, item in enumerate(data):
         if not isinstance(item, dict):
             entries.append(entry_error("INVALID_DATA", "invalid data", {"json_path": f"$.data[{i}]"}))
             continue
-        fields, error = validate_fields(state, spec, item, i, record_id=None)
+        fields, error = validate_fields(state, spec, item, i, record_id=None, reject_unknown=rules.reject_unknown)
         if error is not None:
             entries.append(error)
             continue
-        rid = state.insert(spec.api_name, fields, now=now)
+        rid = state.insert(spec.api_name, fields, now=rules.now)
         entries.append(entry_success("record added", _record_details(state.records[spec.api_name][rid])))
     return data_reply(entries, all_ok=201)
 

@@ -9,6 +9,13 @@ sample names only the parent's field).
 
 A missing parent is a request-level error: 404 ``INVALID_DATA`` "The record does not exist" when
 addressed by id (§3.1), 400 ``INVALID_DATA`` naming the field when addressed by external value (§3.2).
+
+A missing related record in a ``?ids=`` delink is a per-id "relation not found" entry, or with
+``delink_missing_404`` (strict) the OAS's "Parent or related record not found": 404 ``{"code":
+"INVALID_DATA", "message": "The record does not exist", "details": {}}`` for the whole call, with
+no ``data[]`` and no relation removed (audit row 5). Every entry of an update-related or delink
+answer carries ``details.id`` (or a ``json_path``), so a client can match entries to its records
+when ``shuffle_related`` (strict) answers them out of order (row 10).
 """
 
 from __future__ import annotations
@@ -156,16 +163,22 @@ def update_related(state: SandboxState, call: Related, data: Sequence[Any], sing
     return data_reply(entries)
 
 
-def delink(state: SandboxState, call: Related, keys: Sequence[str]) -> Reply:
+def delink(state: SandboxState, call: Related, keys: Sequence[str], *, missing_404: bool = False) -> Reply:
     """``DELETE /{Module}/{parent}/{RelatedList}?ids=...`` or ``.../{related}``: one entry per key.
 
     A key that is not linked (or not a record at all) answers INVALID_DATA "relation not found",
-    so delinking twice tells the second caller the relation was already gone.
+    so delinking twice tells the second caller the relation was already gone. With ``missing_404``
+    a key that is not a record fails the whole call first (404, nothing removed).
     """
     module = call.rl.related_module
+    found = [_find_related(state, call, key) for key in keys]
+    if missing_404 and None in found:
+        return Reply(
+            status=404,
+            body={"code": "INVALID_DATA", "message": "The record does not exist", "status": "error", "details": {}},
+        )
     entries: list[dict[str, JSON]] = []
-    for key in keys:
-        rid = _find_related(state, call, key)
+    for key, rid in zip(keys, found, strict=True):
         if rid is None or not state.unlink(call.spec.api_name, call.parent_id, module, rid):
             entries.append(entry_error("INVALID_DATA", "relation not found", {"id": key}))
             continue

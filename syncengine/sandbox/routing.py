@@ -1,12 +1,20 @@
-"""Turn a CRM request into a ``Route`` (what to do) or a request-level error (``Reply``).
+r"""Turn a CRM request into a ``Route`` (what to do) or a request-level error (``Reply``).
 
 Only the path, the method, the X-EXTERNAL header and the query are looked at here; the body is
 parsed by the server, because it is needed before the limits (sub-concurrency counts records).
+
+Path keys. By default the path is split after aiohttp decoded it, so ``/Contacts/a%2Fb/Deals``
+routes as ``/Contacts/a/b/Deals`` (what the sandbox always did). Given ``raw_tail`` (the path as
+sent, ``raw_path_routing``) it is split first and each segment decoded after, so ``a%2Fb`` is the
+one key ``a/b``. With ``reject_encoded`` (``reject_encoded_keys``) a record key carrying an encoded
+``/``, ``?``, ``#``, ``%`` or ``\`` answers 404 INVALID_URL_PATTERN, as a Java front end that refuses
+encoded slashes would (audit row 33: what Zoho does is not documented).
 """
 
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -29,6 +37,7 @@ KINDS = (
     "delete_related_one",  # DELETE /{Module}/{parent}/{RelatedList}/{related}
     "get_related",  # GET /{Module}/{parent}/{RelatedList}
     "metadata",  # GET /settings/fields|related_lists|modules
+    "coql",  # POST /coql
     "invalid",  # a request-level error before any work: bad URL, module, method or header
 )
 # Kinds whose body is {"data": [...]} and whose records count for credits and sub-concurrency.
@@ -42,6 +51,7 @@ _METHODS = {
     4: {"PUT": "update_related_one", "DELETE": "delete_related_one"},
 }
 _SETTINGS = {"fields": "fields", "related_lists": "related_lists", "modules": "modules"}
+_ENCODED = re.compile(r"%(2F|3F|23|25|5C)", re.IGNORECASE)  # encoded / ? # % and backslash
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,14 +95,41 @@ def parse_external(schema: Schema, header: str | None) -> dict[str, str] | Reply
     return out
 
 
-def route(schema: Schema, method: str, tail: str, external: str | None) -> Route | Reply:
-    """Route ``{method} /crm/{tail}``; ``external`` is the X-EXTERNAL header."""
-    segs = tail.split("/")
+def _segments(tail: str, raw_tail: str | None, reject_encoded: bool) -> list[str] | Reply:
+    if raw_tail is None:
+        segs = tail.split("/")
+    else:
+        raw = raw_tail.split("/")
+        # Keys sit after the module (index 2) and after the related list (index 4).
+        if reject_encoded and any(_ENCODED.search(seg) for n, seg in enumerate(raw) if n in (2, 4)):
+            return _invalid_url()
+        segs = [urllib.parse.unquote(seg) for seg in raw]
     if segs and segs[-1] == "":
         segs.pop()  # a trailing slash
+    return segs
+
+
+def route(
+    schema: Schema,
+    method: str,
+    tail: str,
+    external: str | None,
+    *,
+    raw_tail: str | None = None,
+    reject_encoded: bool = False,
+) -> Route | Reply:
+    """Route ``{method} /crm/{tail}``; ``external`` is the X-EXTERNAL header.
+
+    ``raw_tail`` is the tail as sent (percent-encoded): split before decoding (see the module docstring).
+    """
+    segs = _segments(tail, raw_tail, reject_encoded)
+    if isinstance(segs, Reply):
+        return segs
     if len(segs) < 2 or not _VERSION.match(segs[0]) or "" in segs:
         return _invalid_url()
     rest = segs[1:]
+    if rest == ["coql"]:
+        return Route(kind="coql") if method == "POST" else _invalid_method()
     if rest[0] == "settings":
         if len(rest) != 2 or rest[1] not in _SETTINGS:
             return _invalid_url()

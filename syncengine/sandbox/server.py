@@ -4,22 +4,26 @@ One CRM call goes through, in order: routing (bad URL, module, method, header: a
 free), auth (401), body parsing (request-level 400s, free), scope (401) and permission (403), the
 limits (concurrency, sub-concurrency, credits: 429 at once, free), a random 429 (free), then it is
 admitted: counted in flight, charged, its record keys marked busy, delayed by the latency, and
-maybe answered 500 or dropped before or after it is applied.
+maybe answered 500 or dropped before or after it is applied. The profile (``options.py``) shapes
+some answers: ``dispatch.shape`` shuffles related entries and answers mixed results 200;
+``html_errors`` turns the injected 500s into HTML pages (``frontend.py``); ``bind_tokens_to_host``
+refuses a token on a host its token response did not name.
 
 Random faults come from one ``random.Random(seed)``: per admitted call, four draws (throttle,
 error, drop, drop phase) plus one for the latency when latency is on, plus one per record when
-``lock_rate`` is on. The same options and the same request order give the same faults.
+``lock_rate`` is on. The same options and the same request order give the same faults. Shuffling
+(``shuffle_related``) draws from a stream of its own (``seed + 2``), so it never shifts them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import socket
 import urllib.parse
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -27,29 +31,18 @@ import orjson
 from aiohttp import web
 
 from syncengine.model import JSON
-from syncengine.sandbox import metadata, records, related
-from syncengine.sandbox.auth import TokenBook, scope_allows
+from syncengine.sandbox.auth import Grant, TokenBook
+from syncengine.sandbox.bodies import MAX_RECORDS, touched
+from syncengine.sandbox.dispatch import Call, Context, dispatch, prepare, refuse, shape
 from syncengine.sandbox.envelopes import Reply, request_error
+from syncengine.sandbox.frontend import html_error, html_status
 from syncengine.sandbox.options import SandboxOptions
-from syncengine.sandbox.routing import WRITE_KINDS, Route, query_int, route
-from syncengine.sandbox.schema import ModuleSpec
-from syncengine.sandbox.state import SandboxState, now_iso
+from syncengine.sandbox.routing import WRITE_KINDS, Route, route
+from syncengine.sandbox.state import SandboxState
 from syncengine.sandbox.stats import SandboxStats
 
 __all__ = ["MAX_RECORDS", "Sandbox"]
 
-MAX_RECORDS = 100  # records per write call, ids per delink
-_COMPLEX = 10  # a write carrying more records than this is a "complex" call (sub-concurrency)
-_SCOPE_OPS = {
-    "update": ("UPDATE",),
-    "update_one": ("UPDATE",),
-    "upsert": ("CREATE", "UPDATE"),
-    "insert": ("CREATE",),
-    "update_related": ("UPDATE",),
-    "update_related_one": ("UPDATE",),
-    "delete_related": ("DELETE",),
-    "delete_related_one": ("DELETE",),
-}
 # Calls whose record keys are tracked for ``key_overlaps``.
 _KEYED = WRITE_KINDS | {"delete_related", "delete_related_one"}
 _JSON = "application/json"
@@ -62,92 +55,20 @@ _MSG_RANDOM = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _Draws:
+    """The four fault draws of an admitted call, in draw order."""
+
+    throttle: float
+    error: float
+    drop: float
+    phase: float
+
+
 def _json(reply: Reply, headers: dict[str, str] | None = None) -> web.Response:
     if reply.body is None:
         return web.Response(status=reply.status, headers=headers)
     return web.Response(body=orjson.dumps(reply.body), status=reply.status, content_type=_JSON, headers=headers)
-
-
-def _parse_body(raw: bytes) -> tuple[Any, Reply | None]:
-    try:
-        return orjson.loads(raw), None
-    except orjson.JSONDecodeError:
-        return None, request_error(
-            400,
-            "INVALID_DATA",
-            "the body given is not valid JSON",
-            {"api_name": "body", "expected_data_type": "jsonobject"},
-        )
-
-
-def _data_of(body: Any, kind: str) -> tuple[list[Any], Reply | None]:
-    """The ``data`` array of a write body, or the request-level error."""
-    if not isinstance(body, dict) or "data" not in body or body["data"] is None:
-        return [], request_error(400, "MANDATORY_NOT_FOUND", "required field not found", {"api_name": "data"})
-    data = body["data"]
-    if not isinstance(data, list):
-        return [], request_error(
-            400, "INVALID_DATA", "invalid data", {"api_name": "data", "expected_data_type": "jsonarray"}
-        )
-    if not data:
-        return [], request_error(400, "MANDATORY_NOT_FOUND", "required field not found", {"api_name": "data"})
-    if len(data) > MAX_RECORDS and kind in ("update", "upsert", "insert", "update_related"):
-        return [], request_error(
-            400,
-            "LIMIT_EXCEEDED",
-            "the count of records in your request exceeds the limit",
-            {"api_name": "data", "maximum_length": MAX_RECORDS},
-        )
-    return data, None
-
-
-def _ids_of(query: Any) -> tuple[list[str], Reply | None]:
-    raw = query.get("ids")
-    ids = [i.strip() for i in raw.split(",") if i.strip()] if raw else []
-    if not ids:
-        return [], request_error(400, "MANDATORY_NOT_FOUND", "required param not found", {"param_name": "ids"})
-    if len(ids) > MAX_RECORDS:
-        return [], request_error(
-            400,
-            "LIMIT_EXCEEDED",
-            "Limit Exceeded, You cannot give more than 100 record ids",
-            {"limit": str(MAX_RECORDS), "param_name": "ids"},
-        )
-    return ids, None
-
-
-def _key_text(value: Any) -> str:
-    return value if isinstance(value, str) else orjson.dumps(value).decode()
-
-
-def _touched(r: Route, data: Sequence[Any], ids: Sequence[str]) -> set[Hashable]:
-    """The record keys a write touches, as addressed: (module, key) or (module, parent, list, key)."""
-    spec = r.module
-    if spec is None:
-        return set()
-    module = spec.api_name
-    if r.kind in ("update_one",):
-        return {(module, r.key)}
-    if r.kind == "update":
-        name = r.ext_field or "id"
-        return {(module, _key_text(d.get(name, d.get("id")))) for d in data if isinstance(d, dict)}
-    if r.kind == "upsert":
-        names = [n for n in (r.ext_field, *spec.duplicate_check_fields) if n]
-        keys: set[Hashable] = set()
-        for d in data:
-            if isinstance(d, dict):
-                hit = next((n for n in names if d.get(n) not in (None, "")), None)
-                keys.add((module, hit, _key_text(d.get(hit))) if hit else (module, "insert", id(d)))
-        return keys
-    rl = r.related_list.api_name if r.related_list is not None else ""
-    if r.related_key is not None:
-        return {(module, r.key, rl, r.related_key)}
-    if r.kind == "update_related":
-        name = r.related_field or "id"
-        return {(module, r.key, rl, _key_text(d.get(name))) for d in data if isinstance(d, dict)}
-    if r.kind == "delete_related":
-        return {(module, r.key, rl, i) for i in ids}
-    return set()
 
 
 class Sandbox:
@@ -165,6 +86,7 @@ class Sandbox:
         self._tokens = TokenBook(self._options)
         self._rng = random.Random(self._options.seed)
         self._token_rng = random.Random(self._options.seed + 1)  # token delays never shift CRM faults
+        self._shuffle_rng = random.Random(self._options.seed + 2)
         self._busy: Counter[Hashable] = Counter()
         self._open = asyncio.Event()  # cleared by pause(): admitted calls wait here
         self._open.set()
@@ -238,6 +160,7 @@ class Sandbox:
         if "seed" in changes:
             self._rng = random.Random(self._options.seed)
             self._token_rng = random.Random(self._options.seed + 1)
+            self._shuffle_rng = random.Random(self._options.seed + 2)
         return self._options
 
     def expire_tokens(self) -> None:
@@ -245,12 +168,14 @@ class Sandbox:
         self._tokens.expire_all()
 
     def reset(self) -> None:
-        """Back to the start: the seed data again, counters at zero, the random stream restarted."""
+        """Back to the start: the seed data again, counters at zero, the random streams restarted, no lockout."""
         self.state.clear()
         self._load_seed()
         self.stats.clear()
         self._rng = random.Random(self._options.seed)
         self._token_rng = random.Random(self._options.seed + 1)
+        self._shuffle_rng = random.Random(self._options.seed + 2)
+        self._tokens.lift_lockout()
 
     def pause(self) -> None:
         """Hold every CRM call once it is admitted (counted in flight), until ``resume``.
@@ -297,99 +222,97 @@ class Sandbox:
             if high > 0:
                 # A small delay, so overlapping refreshes are observable in max_concurrent_refreshes.
                 await asyncio.sleep(self._token_rng.uniform(low, high) / 1000)
-            body, issued = self._tokens.grant(params, self.url)
-            if issued:
+            answer = self._tokens.grant(params, self.url)
+            if answer.issued:
                 stats.refreshes += 1
-            elif body.get("error") == "Access Denied":
+            elif answer.denied:
                 stats.refresh_denied += 1
             else:
                 stats.token_errors += 1
-            # Zoho's accounts server answers errors with HTTP 200 too.
-            return web.Response(body=orjson.dumps(body), content_type=_JSON)
+            # Zoho's accounts server answers errors with HTTP 200 ("Access Denied": see auth.py).
+            return web.Response(body=orjson.dumps(answer.body), status=answer.status, content_type=_JSON)
         finally:
             stats.token_in_flight -= 1
 
     # ------------------------------------------------------------------------------- CRM
 
+    def _route(self, request: web.Request) -> Route | Reply:
+        opts = self._options
+        raw_tail: str | None = None
+        if opts.raw_path_routing or opts.reject_encoded_keys:
+            raw_tail = request.rel_url.raw_path.removeprefix("/crm/")
+        return route(
+            opts.schema,
+            request.method,
+            request.match_info["tail"],
+            request.headers.get("X-EXTERNAL"),
+            raw_tail=raw_tail,
+            reject_encoded=bool(opts.reject_encoded_keys),
+        )
+
+    def _authenticate(self, request: web.Request) -> Grant | Reply:
+        stats = self.stats
+        auth = request.headers.get("Authorization")
+        if auth is None or not auth.startswith("Zoho-oauthtoken "):
+            stats.auth_failures_401 += 1
+            return request_error(401, "AUTHENTICATION_FAILURE", "Authentication failed")
+        grant = self._tokens.check(auth[len("Zoho-oauthtoken ") :].strip())
+        if grant is None:
+            stats.tokens_expired_401 += 1
+            return request_error(401, "INVALID_TOKEN", "invalid oauth token")
+        if self._options.bind_tokens_to_host and grant.host is not None and grant.host.lower() != request.host.lower():
+            # A token is valid on its data centre's API host only (audit row 28).
+            stats.dc_mismatch_401 += 1
+            return request_error(401, "INVALID_TOKEN", "invalid oauth token")
+        return grant
+
     async def _crm(self, request: web.Request) -> web.StreamResponse:
         arrived = asyncio.get_running_loop().time()
         opts = self._options
         stats = self.stats
-        routed = route(opts.schema, request.method, request.match_info["tail"], request.headers.get("X-EXTERNAL"))
+        routed = self._route(request)
         stats.calls[routed.kind if isinstance(routed, Route) else "invalid"] += 1
-
-        auth = request.headers.get("Authorization")
-        if auth is None or not auth.startswith("Zoho-oauthtoken "):
-            stats.auth_failures_401 += 1
-            return _json(request_error(401, "AUTHENTICATION_FAILURE", "Authentication failed"))
-        grant = self._tokens.check(auth[len("Zoho-oauthtoken ") :].strip())
-        if grant is None:
-            stats.tokens_expired_401 += 1
-            return _json(request_error(401, "INVALID_TOKEN", "invalid oauth token"))
+        grant = self._authenticate(request)
+        if isinstance(grant, Reply):
+            return _json(grant)
         if isinstance(routed, Reply):
             return _json(routed)
-        r = routed
-
-        data: list[Any] = []
-        ids: list[str] = []
-        body: Any = None
-        if r.kind in WRITE_KINDS:
-            body, error = _parse_body(await request.read())
-            if error is None:
-                data, error = _data_of(body, r.kind)
-            if error is not None:
-                return _json(error)
-        elif r.kind == "delete_related":
-            ids, error = _ids_of(request.query)
-            if error is not None:
-                return _json(error)
-
-        module = r.module.api_name if r.module is not None else None
-        if not scope_allows(
-            grant.scopes,
-            module=module,
-            ops=_SCOPE_OPS.get(r.kind, ("READ",)),
-            settings=(None if r.settings is None else r.settings),
-        ):
-            stats.auth_failures_401 += 1
-            return _json(
-                request_error(
-                    401,
-                    "OAUTH_SCOPE_MISMATCH",
-                    "The access token you have used to make this API call does not have the required scope.",
-                )
-            )
-        if r.module is not None and (r.module.no_permission or r.module.api_name in opts.no_permission_modules):
-            return _json(
-                request_error(
-                    403, "NO_PERMISSION", "permission denied", {"permissions": [f"Crm_Implied_Edit_{module}"]}
-                )
-            )
+        wants_body = routed.kind in WRITE_KINDS or routed.kind == "coql"
+        call = prepare(opts, routed, await request.read() if wants_body else None, request.query)
+        if isinstance(call, Reply):
+            return _json(call)
+        refused = refuse(opts, call, grant)
+        if refused is not None:
+            if refused.status == 401:
+                stats.auth_failures_401 += 1
+            return _json(refused)
 
         # Limits: refused at once, without latency, at no cost.
-        n_records = len(data) if r.kind in WRITE_KINDS else len(ids)
-        is_complex = r.kind in WRITE_KINDS and n_records > _COMPLEX
         if opts.concurrency and stats.in_flight >= opts.concurrency:
             return self._throttled("concurrency", _MSG_CONCURRENCY)
-        if is_complex and opts.sub_concurrency and stats.in_flight_complex >= opts.sub_concurrency:
+        if call.is_complex and opts.sub_concurrency and stats.in_flight_complex >= opts.sub_concurrency:
             return self._throttled("sub_concurrency", _MSG_SUB)
         if opts.credits is not None and stats.credits_used >= opts.credits:
             return self._throttled("credits", _MSG_CREDITS)
         rng = self._rng
-        u_throttle, u_error, u_drop, u_phase = rng.random(), rng.random(), rng.random(), rng.random()
+        draws = _Draws(rng.random(), rng.random(), rng.random(), rng.random())
         low, high = opts.latency_ms
         delay = rng.uniform(low, high) / 1000 if high > 0 else 0.0
-        if u_throttle < opts.throttle_rate:
+        if draws.throttle < opts.throttle_rate:
             return self._throttled("random", _MSG_RANDOM)
+        return await self._admitted_call(request, call, draws, arrived + delay)
 
-        # Admitted.
-        stats.credits_used += max(1, math.ceil(n_records / 10)) if r.kind in WRITE_KINDS else 1
+    async def _admitted_call(self, request: web.Request, call: Call, draws: _Draws, deadline: float) -> web.Response:
+        """Count, charge and mark the call's keys; wait out the latency; maybe fail or drop it."""
+        opts = self._options
+        stats = self.stats
+        stats.credits_used += call.credits
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
-        if is_complex:
+        if call.is_complex:
             stats.in_flight_complex += 1
             stats.max_in_flight_complex = max(stats.max_in_flight_complex, stats.in_flight_complex)
-        keys = _touched(r, data, ids) if r.kind in _KEYED else set()
+        keys = touched(call.route, call.data, call.ids) if call.route.kind in _KEYED else set()
         busy = self._busy
         for key in keys:
             if busy[key]:
@@ -401,17 +324,20 @@ class Sandbox:
                 await self._open.wait()
             # The latency is the whole time the call spends in the CRM, as a client measures Zoho's:
             # our own parsing and processing are part of it, not added to it.
-            deadline = arrived + delay
-            if u_error < opts.error_rate:
+            if draws.error < opts.error_rate:
                 await _sleep_until(deadline)
+                if opts.html_errors:
+                    stats.html_errors += 1
+                    return html_error(html_status(draws.error, opts.error_rate))
                 stats.errors_500 += 1
                 return _json(request_error(500, "INTERNAL_ERROR", "Internal Server Error"))
-            dropped = u_drop < opts.drop_rate
-            if dropped and u_phase < 0.5:
+            dropped = draws.drop < opts.drop_rate
+            if dropped and draws.phase < 0.5:
                 await _sleep_until(deadline)
                 stats.drops_before += 1
                 return self._drop(request)
-            reply = self._dispatch(r, request, body, data, ids)
+            ctx = Context(state=self.state, options=opts, stats=stats, rng=self._rng, shuffle_rng=self._shuffle_rng)
+            reply = shape(ctx, call, dispatch(ctx, call, request.query))
             response = _json(reply, self._credit_headers())
             await _sleep_until(deadline)
             if dropped:
@@ -420,7 +346,7 @@ class Sandbox:
             return response
         finally:
             stats.in_flight -= 1
-            if is_complex:
+            if call.is_complex:
                 stats.in_flight_complex -= 1
             for key in keys:
                 busy[key] -= 1
@@ -445,94 +371,6 @@ class Sandbox:
         if request.transport is not None:
             request.transport.close()
         return web.Response(status=500)
-
-    def _locker(self) -> records.Locker:
-        rate = self._options.lock_rate
-        if rate <= 0:
-            return lambda: False
-        rng = self._rng
-        stats = self.stats
-
-        def locked() -> bool:
-            if rng.random() < rate:
-                stats.locks_injected += 1
-                return True
-            return False
-
-        return locked
-
-    def _dispatch(self, r: Route, request: web.Request, body: Any, data: list[Any], ids: list[str]) -> Reply:
-        state = self.state
-        kind = r.kind
-        if kind == "metadata":
-            return self._metadata(r, request)
-        spec = r.module
-        assert spec is not None  # every kind but metadata names a module
-        now = now_iso()
-        if kind == "update":
-            return records.update_records(state, spec, data, r.ext_field, self._locker(), now)
-        if kind == "update_one":
-            assert r.key is not None
-            return records.update_one(state, spec, r.key, r.ext_field, data, self._locker(), now)
-        if kind == "upsert":
-            dup = body.get("duplicate_check_fields")
-            if dup is not None and not isinstance(dup, list):
-                return request_error(
-                    400,
-                    "INVALID_DATA",
-                    "invalid data",
-                    {"api_name": "duplicate_check_fields", "expected_data_type": "jsonarray"},
-                )
-            return records.upsert_records(state, spec, data, dup, r.ext_field, self._locker(), now)
-        if kind == "insert":
-            return records.insert_records(state, spec, data, now)
-        if kind == "get_record":
-            assert r.key is not None
-            return records.get_record(state, spec, r.key, r.ext_field)
-        if kind == "list_records":
-            page = query_int(request.query, "page", 1, 10**6)
-            per_page = query_int(request.query, "per_page", 200, 200)
-            return records.list_records(state, spec, page, per_page)
-        return self._related(r, spec, data, ids)
-
-    def _related(self, r: Route, spec: ModuleSpec, data: list[Any], ids: list[str]) -> Reply:
-        assert r.key is not None and r.related_list is not None
-        parent = related.resolve_parent(self.state, spec, r.key, r.ext_field)
-        if isinstance(parent, Reply):
-            return parent
-        call = related.Related(spec=spec, parent_id=parent, rl=r.related_list, related_field=r.related_field)
-        kind = r.kind
-        if kind == "update_related":
-            return related.update_related(self.state, call, data, None)
-        if kind == "update_related_one":
-            return related.update_related(self.state, call, data, r.related_key)
-        if kind == "delete_related":
-            return related.delink(self.state, call, ids)
-        if kind == "delete_related_one":
-            assert r.related_key is not None
-            return related.delink(self.state, call, [r.related_key])
-        return related.get_related(self.state, call)
-
-    def _metadata(self, r: Route, request: web.Request) -> Reply:
-        schema = self._options.schema
-        if r.settings == "modules":
-            return Reply(status=200, body=metadata.modules_json(schema))
-        name = request.query.get("module")
-        if not name:
-            return request_error(
-                400,
-                "REQUIRED_PARAM_MISSING",
-                "One of the expected parameter is missing",
-                {"param_name": "module"},
-            )
-        spec = schema.module(name)
-        if spec is None:
-            return request_error(
-                400, "INVALID_MODULE", "the module name given seems to be invalid", {"param_name": "module"}
-            )
-        if r.settings == "fields":
-            return Reply(status=200, body=metadata.fields_json(schema, spec))
-        return Reply(status=200, body=metadata.related_lists_json(schema, spec))
 
 
 async def _sleep_until(deadline: float) -> None:

@@ -40,7 +40,10 @@ class SandboxStats:
     errors_500: int = 0  # injected INTERNAL_ERROR
     drops_before: int = 0  # connections closed before the call was applied
     drops_after: int = 0  # connections closed after the call was applied (an ambiguous failure)
-    locks_injected: int = 0  # records answered RECORD_LOCKED
+    locks_injected: int = 0  # records answered RECORD_LOCKED by lock_rate (zia_vision_processing, transient)
+    locks_persistent: int = 0  # records answered RECORD_LOCKED for good (record_locking)
+    html_errors: int = 0  # injected errors answered as an HTML page (html_errors)
+    dc_mismatch_401: int = 0  # INVALID_TOKEN for a token used on another host (bind_tokens_to_host)
     key_overlaps: int = 0  # a write touched a record key that another call in flight also touched
     # Where ``snapshot`` reads records per module (the server points it at its state).
     records_source: Callable[[], dict[str, int]] | None = field(default=None, repr=False, compare=False)
@@ -92,5 +95,8 @@ class SandboxStats:
             "drops_before": self.drops_before,
             "drops_after": self.drops_after,
             "locks_injected": self.locks_injected,
+            "locks_persistent": self.locks_persistent,
+            "html_errors": self.html_errors,
+            "dc_mismatch_401": self.dc_mismatch_401,
             "key_overlaps": self.key_overlaps,
         }

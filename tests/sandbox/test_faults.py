@@ -94,7 +94,7 @@ async def test_lock_rate_locks_records(session: aiohttp.ClientSession) -> None:
         assert res.status == 400
         assert res.body["data"][1] == {
             "code": "RECORD_LOCKED",
-            "details": {"api_name": "id", "json_path": "$.data[1].id", "action": "record_locking"},
+            "details": {"api_name": "id", "json_path": "$.data[1].id", "action": "zia_vision_processing"},
             "message": "the record is locked",
             "status": "error",
         }
