@@ -29,7 +29,7 @@ from syncengine.sandbox.envelopes import Reply, request_error
 from syncengine.sandbox.schema import ModuleSpec, Schema
 from syncengine.sandbox.state import SandboxState
 
-__all__ = ["IN_LIMIT", "ROW_LIMIT", "Query", "credits", "parse", "run"]
+__all__ = ["DEFAULT_LIMIT", "IN_LIMIT", "ROW_LIMIT", "Query", "credits", "parse", "run"]
 
 IN_LIMIT = 50  # values in one ``in (...)``
 ROW_LIMIT = 2000  # rows per call (LIMIT's maximum)

@@ -62,15 +62,6 @@ class Rules:
     reject_unknown: bool = False  # unknown field API names are INVALID_DATA, not ignored
 
 
-def _no_lock(_module: str, _rid: str) -> str | None:
-    return None
-
-
-def no_locks(now: str) -> Rules:
-    """Rules with no locks and unknown names ignored (what inserts and tests need)."""
-    return Rules(locked=_no_lock, now=now)
-
-
 def module_id(module: str) -> str:
     """A stable fake id for a module, used in metadata and DUPLICATE_DATA details."""
     return str(111111000000002000 + sum(ord(c) for c in module))
