@@ -41,7 +41,7 @@ _STAGES = (
     ("syncengine/workers.py", "workers: outcomes"),
     ("syncengine/ledger/", "ledger (SQLite)"),
     ("syncengine/progress.py", "progress"),
-    ("syncengine/positions.py", "checkpoints"),
+    ("syncengine/ledger/checkpoints.py", "checkpoints"),
     ("syncengine/model.py", "change digests (skip-unchanged)"),
     ("syncengine/intake.py", "intake (skip-unchanged lookups)"),
     ("syncengine/pipeline.py", "pipeline"),

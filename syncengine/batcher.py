@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from syncengine.model import JSON, Change, Payload, PayloadItem, Target
+from syncengine.model import JSON, Change, Operation, Payload, PayloadItem, Target
 
 __all__ = ["Batcher"]
 
@@ -234,6 +234,10 @@ class Batcher:
         fields = dict(group[start].fields)
         for later in group[start + 1 :]:
             fields.update(later.fields)
+        if start and change.target.operation is Operation.UPDATE_RELATED:
+            # Links after a delink of the relation: the delink erased every relation field, so the record
+            # clears the stream's fields the links do not set, as the delink and the links in turn would.
+            fields = dict.fromkeys(change.target.fields) | fields
         bucket.items[key] = _Item(key=change.key, fields=fields, changes=list(group))
         bucket.changes += len(group)
         self._open[key] = bucket

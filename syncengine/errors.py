@@ -13,6 +13,7 @@
         ├── AuthError          the accounts server refused to issue a token (e.g. invalid_client, Access Denied)
         ├── StreamHalted       a request-level error that says the config is wrong (INVALID_MODULE, ...)
         ├── CreditsExhausted   429s outlasted the backoff: the org's daily credits look spent
+        ├── BudgetReached      the configured credit budget would be exceeded: the rest stays pending
         └── CrmUnavailable     call after call gave up on 5xx or network trouble: an outage, not bad records
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthError",
+    "BudgetReached",
     "ConfigError",
     "CreditsExhausted",
     "CrmError",
@@ -109,3 +111,7 @@ class CreditsExhausted(CrmError):
 
 class CrmUnavailable(CrmError):
     """Call after call gave up on transient trouble: the CRM is down, so stop rather than fail every record."""
+
+
+class BudgetReached(CrmError):
+    """The configured credit budget would be exceeded: what is left stays pending, resumable."""

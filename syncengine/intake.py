@@ -10,7 +10,7 @@ killed process carried (``plan.InDoubt``) are re-sent first thing, each group me
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -19,25 +19,22 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from syncengine.batcher import Batcher
 from syncengine.config import StreamConfig
+from syncengine.control import RunStops
 from syncengine.crm.requests import max_items
 from syncengine.errors import SourceError
-from syncengine.ledger import SeqSet, SqliteLedger
 from syncengine.ledger.chains import Chain
+from syncengine.ledger.checkpoints import Checkpoints
+from syncengine.ledger.writer import send_all
 from syncengine.mapping import to_change
-from syncengine.model import Change, Operation, Outcome, Status
-from syncengine.plan import InDoubt
-from syncengine.positions import Checkpoints
+from syncengine.model import Change, Operation, Outcome
+from syncengine.plan import StreamPlan
 from syncengine.progress import RunProgress
-from syncengine.readers import BadRow, Row, SourceRow, SqlRow
-from syncengine.unchanged import MAX_HELD, Action, Passes, SkipUnchanged
-from syncengine.workers import failed_outcome, send_all
+from syncengine.readers import IDLE, BadRow, Row, SourceRow, SqlRow
+from syncengine.unchanged import MAX_HELD, Action, SkipUnchanged
 
-__all__ = ["IDLE", "Intake"]
+__all__ = ["Intake"]
 
 CHUNK = 256  # changes per digest lookup
-
-# A source that follows a table yields IDLE before it waits for new rows: a partial chunk goes out then.
-IDLE = object()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,34 +49,26 @@ class Intake:
     def __init__(
         self,
         stream: StreamConfig,
+        plan: StreamPlan,
         *,
         batcher: Batcher,
         outcomes: MemoryObjectSendStream[Outcome],
         progress: RunProgress,
         checkpoints: Checkpoints,
-        skip: SeqSet | None,
-        chains: SqliteLedger | None,
+        stops: RunStops,
         unchanged: SkipUnchanged | None,
-        passes: Passes | None,
-        in_doubt: InDoubt | None,
-        superseded: set[int] | None = None,
-        halt: Callable[[str, str, str], Awaitable[None]],
-        on_source_error: Callable[[str, SourceError], None],
     ) -> None:
         self._stream = stream
         self._batcher = batcher
         self._outcomes = outcomes
         self._progress = progress
         self._checkpoints = checkpoints
-        self._skip = skip
-        self._chains = chains
-        self._unchanged = unchanged if chains is not None else None  # None: send everything (--full)
-        self._passes = passes
-        self._in_doubt = in_doubt if in_doubt else None
-        self._superseded = superseded or None  # a re-drive: seqs whose key a later change of the run overtook
+        self._stops = stops
+        self._skip = plan.skip
+        self._unchanged = unchanged  # None: no ledger to compare with (a dry run without one)
+        self._in_doubt = plan.in_doubt if plan.in_doubt else None
+        self._superseded = plan.superseded or None  # a re-drive: seqs whose key a later change overtook
         self._doubt_held: dict[tuple[int, ...], list[Change]] = {}  # an in-doubt group, until it is complete
-        self._halt = halt
-        self._on_source_error = on_source_error
         self._per_call = max_items(stream.target, stream.batch_size)
         self._deletes = 0
         self._chunk: list[Change] = []
@@ -98,8 +87,8 @@ class Intake:
                     if self._skip is not None and row.seq in self._skip:
                         self._progress.read[name] += 1  # resumed: it already has its outcome in this run
                         continue
-                    if self._new_pass and self._passes is not None:
-                        self._passes.begin(name, row.seq)
+                    if self._new_pass and self._unchanged is not None:
+                        self._unchanged.begin_pass(row.seq)
                         self._new_pass = False
                     self._progress.on_read(name)
                     position = list(row.position) if isinstance(row, SqlRow) and not row.replay else None
@@ -113,7 +102,7 @@ class Intake:
                         return
                 await self._end_pass()
         except SourceError as exc:
-            self._on_source_error(name, exc)
+            self._stops.source_failed(name, exc)
         finally:
             self._batcher.close_input()
             aclose = getattr(rows, "aclose", None)
@@ -143,10 +132,9 @@ class Intake:
         keys: list[int] = []
         chains: dict[int, Chain] = {}
         unchanged = self._unchanged
-        if unchanged is not None and self._chains is not None:
+        if unchanged is not None:
             keys = [c.key_digest() for c in chunk]
-            unchanged.begin_lookup()
-            chains = await self._chains.chains(self._stream.name, keys)
+            chains = await unchanged.lookup(keys)
         skipped: list[Outcome] = []
         now = time.time()
         for index, change in enumerate(chunk):
@@ -211,9 +199,9 @@ class Intake:
         self._doubt_held.clear()
         if self._unchanged is not None:
             held += [c for g in self._unchanged.finish() for c in g]
-        await send_all(self._outcomes, [failed_outcome(c, code=code, message=message) for c in (*group, *rest, *held)])
+        await send_all(self._outcomes, [Outcome.failed(c, code=code, message=message) for c in (*group, *rest, *held)])
         if halt is not None:
-            await self._halt(self._stream.name, halt.code, halt.message)
+            await self._stops.halt(self._stream.name, halt.code, halt.message)
         return False
 
     def _over_delete_limit(self, change: Change) -> _Halt | None:
@@ -231,22 +219,9 @@ class Intake:
 
 
 def _overtaken(change: Change, now: float) -> Outcome:
-    return Outcome(
-        change=change,
-        status=Status.SKIPPED,
-        code="OVERTAKEN",
-        message="not sent again: a later change of this key was applied after it failed",
-        started_at=now,
-        finished_at=now,
-    )
+    message = "not sent again: a later change of this key was applied after it failed"
+    return Outcome.skipped(change, code="OVERTAKEN", message=message, now=now)
 
 
 def _unchanged(change: Change, now: float) -> Outcome:
-    return Outcome(
-        change=change,
-        status=Status.SKIPPED,
-        code="UNCHANGED",
-        message="the CRM already holds this change: not sent",
-        started_at=now,
-        finished_at=now,
-    )
+    return Outcome.skipped(change, code="UNCHANGED", message="the CRM already holds this change: not sent", now=now)

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from syncengine.limits import Limits
 from syncengine.progress import RunProgress
-from syncengine.workers import CallStats
+from syncengine.sender import CallStats
 
 __all__ = ["Telemetry", "serve_metrics"]
 

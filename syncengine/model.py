@@ -7,6 +7,7 @@ mutate what another stage still holds.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -70,6 +71,7 @@ class Target:
     related_module: str | None = None
     parent_match_field: str | None = None
     duplicate_check_fields: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()  # the CRM fields the stream maps: a relink after a delink clears the others
 
     @property
     def is_related(self) -> bool:
@@ -147,3 +149,22 @@ class Outcome:
     started_at: float | None = None  # epoch seconds
     finished_at: float | None = None
     note: str | None = None  # e.g. "ambiguous retry: relation already removed"
+
+    @classmethod
+    def failed(cls, change: Change, *, code: str, message: str, note: str | None = None) -> Outcome:
+        """A change that never reached a call (its stream was halted first)."""
+        now = time.time()
+        return cls(
+            change=change,
+            status=Status.FAILED,
+            code=code,
+            message=message,
+            started_at=now,
+            finished_at=now,
+            note=note,
+        )
+
+    @classmethod
+    def skipped(cls, change: Change, *, code: str, message: str, now: float) -> Outcome:
+        """A change not sent, because there was nothing to send (unchanged, overtaken, a dry run)."""
+        return cls(change=change, status=Status.SKIPPED, code=code, message=message, started_at=now, finished_at=now)

@@ -1,57 +1,48 @@
-"""Wires the stages together; the one place tasks are started.
+"""One run: ``async with Run(config, secrets, options) as run: result = await run.run()``.
 
     readers ──Change──► batcher ──Payload──► workers ──Outcome──► ledger writer
 
-One task group owns every stage. Readers hand changes to the batcher (which bounds what it holds),
-workers pull payloads from it, and every outcome goes through one bounded stream to the single
-ledger writer, whose final flush is shielded from cancellation.
-
-A run is new, a resume (the same run id: changes that already have a terminal outcome are skipped), or a
-re-drive (a new run, linked to an earlier one, whose input is the source rows of that run's failures).
+``Run`` opens what a run needs (the ledger, its plan, the call journal, the transport, tokens, limits, the
+sender and the batcher) and holds the task groups: the writer outlives every stage, and every stage reports
+through ``RunStops`` (``control.py``), which says at the end how the run ended (``RunEnd``). What each stream
+reads is its source's (``sources.py``); what a resumed or re-driven run skips is the plan's (``plan.py``).
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO
+from types import TracebackType
 
 import anyio
 import structlog
 
 from syncengine.batcher import Batcher
 from syncengine.config import Config, Secrets, SourceConfig, StreamConfig
+from syncengine.control import RunControl, RunEnd, RunStops
 from syncengine.crm.auth import TokenProvider
 from syncengine.crm.transport import Transport
-from syncengine.errors import (
-    AuthError,
-    LedgerError,
-    SecretsError,
-    SourceError,
-    StreamHalted,
-    SyncError,
-    TransportError,
-)
-from syncengine.follow import follow_file, follow_table
+from syncengine.dryrun import DryRunSender
+from syncengine.errors import LedgerError
 from syncengine.intake import Intake
 from syncengine.ledger import LedgerWriter, RunSummary, SqliteLedger
+from syncengine.ledger.checkpoints import Checkpoints
 from syncengine.ledger.journal import CallJournal, journal_path
 from syncengine.limits import CreditMeter, Limits
 from syncengine.metrics import Telemetry
 from syncengine.model import Outcome
-from syncengine.plan import Plan, Redrive, finished_rows, make_plan, row_mark
-from syncengine.positions import Checkpoints, ledger_rows
+from syncengine.plan import Redrive, make_plan
 from syncengine.progress import RunProgress
-from syncengine.readers import Reader, Row, SourceRow, open_reader
-from syncengine.readers.sql import Position, SqlRow
+from syncengine.sender import CallStats, RetryPolicy, Sender
+from syncengine.sources import StreamSource, source_of
 from syncengine.unchanged import Passes, SkipUnchanged
-from syncengine.workers import CallStats, RetryPolicy, Sender, Worker, failed_outcome
+from syncengine.workers import Sends, Worker, WorkerSettings
 
-__all__ = ["Redrive", "RunControl", "RunOptions", "RunResult", "run_sync"]
+__all__ = ["Redrive", "Run", "RunControl", "RunEnd", "RunOptions", "RunResult", "run_sync", "selected_sources"]
 
 log = structlog.get_logger("syncengine.pipeline")
 
@@ -64,7 +55,7 @@ class RunOptions:
     dry_run_path: Path | None = None  # set: dry run, the would-be requests are written here as JSONL
     resume: int | None = None  # continue this run: what already has a terminal outcome is skipped
     redrive: Redrive | None = None
-    full: bool = False  # send every change, even one identical to the last that succeeded for its key
+    full: bool = False  # send every change, even one the CRM already holds
     watch: float | None = None  # follow the sources, polling every this many seconds, until stopped
     environ: Mapping[str, str] | None = None  # where a postgres source's DSN variable is looked up
     policy: RetryPolicy = field(default_factory=RetryPolicy)
@@ -75,13 +66,12 @@ class RunOptions:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunResult:
-    """The run as the ledger recorded it, plus what the engine saw on the wire."""
+    """The run as the ledger recorded it, how it ended, and what the engine saw on the wire."""
 
     summary: RunSummary
-    halted: tuple[str, ...]  # messages of streams stopped by a request-level config error
-    stopped: str | None  # why the run stopped early (credits, budget, auth, a signal), if it did
-    fatal: bool  # stopped by something only the user can fix (credentials): exit code 2
-    interrupted: bool  # stopped on request (Ctrl-C, SIGTERM): exit code 130
+    end: RunEnd
+    halted: tuple[str, ...]  # messages of streams stopped by a request-level config error or their source
+    stopped: str | None  # why sending stopped early (credits, budget, auth, a signal), if it did
     calls: int
     throttled: int
     refreshes: int
@@ -91,20 +81,299 @@ class RunResult:
     planned_credits: int = 0  # dry run: credits they would cost
     credits_left: int | None = None  # of the daily budget, when one is set, at the start of the run
 
+    @property
+    def fatal(self) -> bool:
+        """Stopped by something only the user can fix (credentials, a certificate): exit code 2."""
+        return self.end is RunEnd.FATAL
 
-class RunControl:
-    """Stop a run from outside: ``stop`` lets calls in flight finish, ``abort`` cancels them."""
+    @property
+    def interrupted(self) -> bool:
+        """Stopped on request (Ctrl-C, SIGTERM): exit code 130, or 0 for a watch."""
+        return self.end is RunEnd.INTERRUPTED
 
-    def __init__(self) -> None:
-        self.stop_requested = anyio.Event()
-        self.abort_requested = anyio.Event()
 
-    def stop(self) -> None:
-        self.stop_requested.set()
+class Run:
+    """One run of the selected streams; ``run()`` returns once every change read has its outcome."""
 
-    def abort(self) -> None:
-        self.stop_requested.set()
-        self.abort_requested.set()
+    def __init__(
+        self,
+        config: Config,
+        secrets: Secrets | None,
+        options: RunOptions,
+        *,
+        progress: RunProgress | None = None,
+        control: RunControl | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self._config, self._secrets, self._options = config, secrets, options
+        self._progress = progress or RunProgress()
+        self._control = control or RunControl()
+        self._telemetry = telemetry
+        self._stack = AsyncExitStack()
+        self._stats = CallStats()
+        self._dry_run = options.dry_run_path is not None
+        self._started = time.monotonic()
+        self._sources: dict[str, StreamSource] = {}
+        self._end = RunEnd.INTERRUPTED  # unless the run gets to say otherwise (Ctrl-C, a crash)
+
+    async def __aenter__(self) -> Run:
+        await self._stack.__aenter__()
+        try:
+            await self._open()
+        except BaseException:
+            await self._stack.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stack.__aexit__(exc_type, exc, tb)
+
+    async def _open(self) -> None:
+        config, options, stack = self._config, self._options, self._stack
+        self._ledger, self._history = await self._ledgers()
+        self._plan = await make_plan(
+            config,
+            self._ledger,
+            self._source_of,
+            names=options.streams,
+            resume=options.resume,
+            redrive=options.redrive,
+            dry_run=self._dry_run,
+        )
+        # A dry run's throwaway ledger numbers its runs anew: its passes must not pass for a real run's.
+        self._passes = Passes(-1 if self._dry_run else self._plan.run_id)
+        self._transport = await stack.enter_async_context(
+            Transport(
+                timeout=config.crm.timeout, max_connections=config.crm.concurrency + 2, ca_file=config.crm.ca_file
+            )
+        )
+        self._limits = Limits(
+            concurrency=config.crm.concurrency,
+            sub_concurrency=config.crm.sub_concurrency,
+            requests_per_second=config.crm.requests_per_second,
+        )
+        self._credits = CreditMeter(await _credits_left(config.crm.credit_budget, self._history))
+        self._tokens = (
+            None
+            if self._dry_run or self._secrets is None
+            else TokenProvider(self._transport, config.crm.token_url, self._secrets)
+        )
+        self._batcher = Batcher(max_buffered=options.max_buffered)
+        self._sender = self._make_sender()
+        self._outcomes, self._receive = anyio.create_memory_object_stream[Outcome](options.outcome_buffer)
+        self._stops = RunStops(self._control, self._batcher, self._outcomes)
+        self._checkpoints = Checkpoints(self._plan.start_after)
+        self._unchanged = {
+            s.name: SkipUnchanged(
+                s.name, self._passes, chains=self._history, full=options.full, retry_of=self._plan.retry_of
+            )
+            for s in self._plan.streams
+            if self._history is not None
+        }
+
+    async def _ledgers(self) -> tuple[SqliteLedger, SqliteLedger | None]:
+        """The ledger the run writes, and the one its history (chains, credits spent) is read from.
+
+        A dry run changes no ledger state: its outcomes go to a throwaway ledger, while what earlier runs
+        recorded still shapes it (its would-be requests are the real ones), read from the real ledger.
+        """
+        path = self._config.ledger.path
+        if not self._dry_run:
+            ledger = await self._stack.enter_async_context(SqliteLedger(path))
+            return ledger, ledger
+        scratch = Path(self._stack.enter_context(tempfile.TemporaryDirectory())) / "dry-run.db"
+        ledger = await self._stack.enter_async_context(SqliteLedger(scratch))
+        history = await self._stack.enter_async_context(SqliteLedger(path)) if path.is_file() else None
+        return ledger, history
+
+    def _source_of(self, stream: StreamConfig) -> StreamSource:
+        source = source_of(stream, redrive=self._options.redrive, environ=self._options.environ)
+        self._sources[stream.name] = source
+        return source
+
+    def _make_sender(self) -> Sends:
+        if self._options.dry_run_path is not None:
+            out = self._stack.enter_context(self._options.dry_run_path.open("wb"))
+            return DryRunSender(out, self._stats)
+        # A watch never gives records up to an outage: it waits the outage out and sends them again.
+        policy = self._policy()
+        return Sender(
+            request=self._transport.request,
+            tokens=self._tokens,
+            limits=self._limits,
+            credits=self._credits,
+            policy=policy,
+            stats=self._stats,
+        )
+
+    def _policy(self) -> RetryPolicy:
+        options = self._options
+        return replace(options.policy, outage_give_ups=1) if options.watch is not None else options.policy
+
+    async def run(self) -> RunResult:
+        plan, config = self._plan, self._config
+        self._announce()
+        journal = None
+        if not self._dry_run:
+            # Every call is journaled right before it goes out: a resume knows what this process may have sent.
+            journal = self._stack.enter_context(CallJournal(journal_path(config.ledger.path, plan.run_id)))
+        settings = WorkerSettings(
+            api_base=config.crm.api_base,
+            trigger=config.crm.trigger,
+            policy=self._policy(),
+            persistent=self._options.watch is not None,
+            possibly_sent=plan.possibly_sent if plan.resumed else None,
+            journal=journal.record if journal is not None else None,
+        )
+        stops = self._stops
+        try:
+            try:
+                async with anyio.create_task_group() as tg:  # the ledger writer outlives every stage
+                    tg.start_soon(self._write, tg.cancel_scope)
+                    # The stages: a watch on stop requests, the readers and the workers; they end with the work.
+                    async with self._outcomes, anyio.create_task_group() as stages:
+                        stages.start_soon(stops.watch_requests, stages.cancel_scope, self._options.stop_timeout)
+                        readers = anyio.CancelScope()  # a stop cancels the readers at once; workers finish
+                        stages.start_soon(_cancel_on, self._batcher.stopping, readers)
+                        async with anyio.create_task_group() as work:  # the work: readers and workers
+                            self._open_inputs()
+                            work.start_soon(self._read_all, readers)
+                            for _ in range(config.crm.concurrency):
+                                work.start_soon(
+                                    Worker(self._sender, self._batcher, self._outcomes, stops, settings).run
+                                )
+                        stages.cancel_scope.cancel()  # the work is done: stop waiting for a stop request
+            except BaseExceptionGroup as group:
+                closed = (anyio.BrokenResourceError, anyio.ClosedResourceError)
+                if stops.ledger_failure is None or group.split(closed)[1] is not None:
+                    raise
+            self._end = stops.end()
+            if stops.ledger_failure is not None:
+                raise stops.ledger_failure
+        finally:
+            summary = await self._finish()
+        return self._result(summary)
+
+    async def _read_all(self, readers: anyio.CancelScope) -> None:
+        """Every stream's intake, under ``readers``: they hold nothing in flight, so a stop cancels them at once
+        (a quiet source may be sleeping between polls), while the workers finish their calls."""
+        with readers:
+            async with anyio.create_task_group() as intakes:
+                for stream in self._plan.streams:
+                    intake = Intake(
+                        stream,
+                        self._plan.of(stream.name),
+                        batcher=self._batcher,
+                        outcomes=self._outcomes.clone(),
+                        progress=self._progress,
+                        checkpoints=self._checkpoints,
+                        stops=self._stops,
+                        unchanged=self._unchanged.get(stream.name),
+                    )
+                    rows = self._sources[stream.name].rows(self._plan, self._ledger, watch=self._options.watch)
+                    intakes.start_soon(intake.run, rows)
+
+    def _open_inputs(self) -> None:
+        plan = self._plan
+        for stream in plan.streams:
+            self._batcher.open_input()
+            self._progress.read[stream.name] += plan.prior_read.get(stream.name, 0)
+            if stream.name in plan.skip:
+                self._progress.read[stream.name] += plan.skip[stream.name].count_upto(
+                    plan.start_after.get(stream.name, 0)
+                )
+
+    async def _write(self, cancel: anyio.CancelScope) -> None:
+        """The ledger failing (a full disk) ends the run: everything committed stays, the rest is pending.
+        Its error is the one to report, not the closed stream the workers then meet."""
+        writer = LedgerWriter(
+            self._ledger,
+            self._plan.run_id,
+            on_flush=self._flushed,
+            checkpoints=self._checkpoints,
+            credits=self._credits.take,
+            positions=self._checkpoints.positions,
+            passes=self._passes.of,
+        )
+        try:
+            await writer.run(self._receive)
+        except LedgerError as exc:
+            self._stops.ledger_failed(exc)
+            cancel.cancel()
+
+    def _flushed(self, batch: Sequence[Outcome]) -> None:
+        self._progress.on_flush(batch)
+        for decisions in self._unchanged.values():
+            decisions.committed(batch)
+
+    def _announce(self) -> None:
+        plan, options = self._plan, self._options
+        log.info(
+            "syncengine.run_started",
+            run_id=plan.run_id,
+            streams=[s.name for s in plan.streams],
+            dry_run=self._dry_run,
+            resumed=options.resume is not None,
+            retry_of=options.redrive.run_id if options.redrive else None,
+        )
+        telemetry = self._telemetry
+        if telemetry is not None:
+            tokens = self._tokens
+            telemetry.progress, telemetry.stats, telemetry.limits = self._progress, self._stats, self._limits
+            telemetry.refreshes = (lambda: tokens.refreshes) if tokens is not None else (lambda: 0)
+            telemetry.run_id, telemetry.state = plan.run_id, "running"
+
+    async def _finish(self) -> RunSummary | None:
+        """Ctrl-C or a crash still closes the run in the ledger with what was committed."""
+        state = self._end.state(watch=self._options.watch is not None)
+        if self._telemetry is not None:
+            self._telemetry.state = state.value
+        with anyio.CancelScope(shield=True):
+            try:
+                return await self._ledger.finish_run(self._plan.run_id, state=state, read=dict(self._progress.read))
+            except LedgerError:
+                if self._stops.ledger_failure is None:
+                    raise
+                # The ledger cannot be written (still full): the run stays "running" in it, and a resume
+                # picks it up; the first error is the one reported.
+                return None
+        return None  # not reached: the shielded scope swallows nothing
+
+    def _result(self, summary: RunSummary | None) -> RunResult:
+        assert summary is not None  # a ledger failure raised before here
+        stats, elapsed = self._stats, time.monotonic() - self._started
+        log.info(
+            "syncengine.run_finished",
+            run_id=self._plan.run_id,
+            state=summary.state.value,
+            read=summary.read,
+            succeeded=summary.succeeded,
+            rejected=summary.rejected,
+            failed=summary.failed,
+            invalid=summary.invalid,
+            pending=summary.pending,
+            calls=stats.calls,
+            throttled=stats.throttled,
+            max_in_flight=self._limits.general.max_in_flight,
+            elapsed_s=round(elapsed, 3),
+            rate=round(summary.read / elapsed, 1) if elapsed > 0 else None,
+        )
+        return RunResult(
+            summary=summary,
+            end=self._end,
+            halted=tuple(self._stops.halted),
+            stopped=self._stops.reason,
+            calls=stats.calls,
+            throttled=stats.throttled,
+            refreshes=self._tokens.refreshes if self._tokens is not None else 0,
+            max_in_flight=self._limits.general.max_in_flight,
+            watched=self._options.watch is not None,
+            planned_calls=stats.planned_calls,
+            planned_credits=stats.planned_credits,
+            credits_left=self._credits.budget,
+        )
 
 
 async def run_sync(
@@ -116,271 +385,9 @@ async def run_sync(
     control: RunControl | None = None,
     telemetry: Telemetry | None = None,
 ) -> RunResult:
-    """One run of the selected streams. Returns once every change read has its outcome in the ledger."""
-    progress = progress or RunProgress()
-    control = control or RunControl()
-    dry_run = options.dry_run_path is not None
-    crm = config.crm
-    halted: list[str] = []
-    stopped: str | None = None
-    fatal = False
-    stats = CallStats()
-    started = time.monotonic()
-    async with AsyncExitStack() as stack:
-        # A dry run changes no ledger state: its outcomes go to a throwaway ledger.
-        ledger_path = (
-            Path(stack.enter_context(tempfile.TemporaryDirectory())) / "dry-run.db" if dry_run else config.ledger.path
-        )
-        ledger = await stack.enter_async_context(SqliteLedger(ledger_path))
-        # What earlier runs recorded (digests of successes, credits spent) still shapes a dry run, so its
-        # would-be requests are the real ones; it only reads the real ledger, if there is one.
-        history: SqliteLedger | None = ledger
-        if dry_run:
-            history = (
-                await stack.enter_async_context(SqliteLedger(config.ledger.path))
-                if config.ledger.path.is_file()
-                else None
-            )
-        plan = await make_plan(
-            config, ledger, names=options.streams, resume=options.resume, redrive=options.redrive, dry_run=dry_run
-        )
-        run_id = plan.run_id
-        # A dry run's throwaway ledger numbers its runs anew: its passes must not pass for a real run's.
-        passes = Passes(-1 if dry_run else run_id)
-        unchanged = (
-            {}
-            if history is None
-            else {
-                s.name: SkipUnchanged(s.name, passes, full=options.full, retry_of=plan.retry_of) for s in plan.streams
-            }
-        )
-        dry_out: IO[bytes] | None = (
-            stack.enter_context(options.dry_run_path.open("wb")) if options.dry_run_path is not None else None
-        )
-        # Every call is journaled right before it goes out, so a resume knows what this process may have sent.
-        journal = None if dry_run else stack.enter_context(CallJournal(journal_path(config.ledger.path, run_id)))
-        transport = await stack.enter_async_context(
-            Transport(timeout=crm.timeout, max_connections=crm.concurrency + 2, ca_file=crm.ca_file)
-        )
-        tokens = None if dry_run or secrets is None else TokenProvider(transport, crm.token_url, secrets)
-        limits = Limits(
-            concurrency=crm.concurrency,
-            sub_concurrency=crm.sub_concurrency,
-            requests_per_second=crm.requests_per_second,
-        )
-        credits = CreditMeter(await _credits_left(crm.credit_budget, history))
-        # A watch never gives records up to an outage: it waits the outage out and sends them again.
-        policy = replace(options.policy, outage_give_ups=1) if options.watch is not None else options.policy
-        sender = Sender(
-            request=transport.request,
-            tokens=tokens,
-            limits=limits,
-            credits=credits,
-            policy=policy,
-            stats=stats,
-        )
-        batcher = Batcher(max_buffered=options.max_buffered)
-        checkpoints = Checkpoints(plan.start_after)
-        log.info(
-            "syncengine.run_started",
-            run_id=run_id,
-            streams=[s.name for s in plan.streams],
-            dry_run=dry_run,
-            resumed=options.resume is not None,
-            retry_of=options.redrive.run_id if options.redrive else None,
-        )
-        if telemetry is not None:
-            telemetry.progress, telemetry.stats, telemetry.limits = progress, stats, limits
-            telemetry.refreshes = (lambda: tokens.refreshes) if tokens is not None else (lambda: 0)
-            telemetry.run_id, telemetry.state = run_id, "running"
-        send, receive = anyio.create_memory_object_stream[Outcome](options.outcome_buffer)
-
-        def on_flush(batch: Sequence[Outcome]) -> None:
-            progress.on_flush(batch)
-            for decisions in unchanged.values():
-                decisions.committed(batch)
-
-        writer = LedgerWriter(
-            ledger,
-            run_id,
-            on_flush=on_flush,
-            checkpoints=checkpoints,
-            credits=credits.take,
-            positions=checkpoints.positions,
-            passes=passes.of,
-        )
-
-        def on_stop(reason: Exception) -> None:
-            nonlocal stopped, fatal
-            if stopped is None:
-                stopped = str(reason)
-                fatal = isinstance(reason, AuthError | SecretsError) or (
-                    isinstance(reason, TransportError) and not reason.retryable
-                )
-                level = log.info if control.stop_requested.is_set() else log.error
-                level("syncengine.run_stopping", reason=stopped, cause=type(reason).__name__)
-            batcher.stop()
-
-        halted_streams: set[str] = set()
-
-        async def on_halt(error: StreamHalted) -> None:
-            if error.stream in halted_streams:
-                return
-            halted_streams.add(error.stream)
-            halted.append(f"{error.stream}: {error.code}: {error.message}")
-            log.error("syncengine.stream_halted", stream=error.stream, code=error.code, message=error.message)
-            note = f"stream {error.stream!r} halted"
-            for change in batcher.halt(error.stream):
-                await send.send(failed_outcome(change, code=error.code, message=error.message, note=note))
-
-        def _intake(stream: StreamConfig) -> Intake:
-            return Intake(
-                stream,
-                batcher=batcher,
-                outcomes=send.clone(),
-                progress=progress,
-                checkpoints=checkpoints,
-                skip=plan.skip.get(stream.name),
-                chains=history,
-                unchanged=unchanged.get(stream.name),
-                passes=passes,
-                in_doubt=plan.in_doubt.get(stream.name),
-                superseded=plan.superseded.get(stream.name),
-                halt=halt,
-                on_source_error=on_source_error,
-            )
-
-        async def halt(stream: str, code: str, message: str) -> None:
-            await on_halt(StreamHalted(stream, code, message))
-
-        def on_source_error(name: str, error: SourceError) -> None:
-            halted.append(f"{name}: SOURCE_ERROR: {error}")
-            log.error("syncengine.source_failed", stream=name, reason=str(error))
-
-        async def on_request(stages: anyio.CancelScope) -> None:
-            await control.stop_requested.wait()
-            on_stop(SyncError("stopped on request (calls in flight finish, the rest stays pending)"))
-            with anyio.move_on_after(options.stop_timeout):
-                await control.abort_requested.wait()
-            stages.cancel()  # a second request, or the calls in flight took too long
-
-        state = "interrupted"  # unless the run gets to say otherwise
-        ledger_failure: LedgerError | None = None
-
-        async def write(cancel: anyio.CancelScope) -> None:
-            # The ledger failing (a full disk) ends the run: everything committed stays, the rest is
-            # pending. Its error is the one to report, not the closed stream the workers then meet.
-            nonlocal ledger_failure
-            try:
-                await writer.run(receive)
-            except LedgerError as exc:
-                ledger_failure = exc
-                log.error("syncengine.ledger_failed", reason=str(exc))
-                cancel.cancel()
-
-        try:
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(write, tg.cancel_scope)
-                    async with send, anyio.create_task_group() as stages:
-                        stages.start_soon(on_request, stages.cancel_scope)
-                        # Readers hold nothing in flight: a stop cancels them at once (a quiet source may be
-                        # sleeping between polls), while workers finish their calls.
-                        readers = anyio.CancelScope()
-                        stages.start_soon(_cancel_on, batcher.stopping, readers)
-                        async with anyio.create_task_group() as work:
-
-                            async def read_all() -> None:
-                                with readers:
-                                    async with anyio.create_task_group() as intakes:
-                                        for stream in plan.streams:
-                                            intakes.start_soon(
-                                                _intake(stream).run, _rows(stream, ledger, options, plan)
-                                            )
-
-                            for stream in plan.streams:
-                                batcher.open_input()
-                                progress.read[stream.name] += plan.prior_read.get(stream.name, 0)
-                                if stream.name in plan.skip:
-                                    progress.read[stream.name] += plan.skip[stream.name].count_upto(
-                                        plan.start_after.get(stream.name, 0)
-                                    )
-                            work.start_soon(read_all)
-                            for _ in range(crm.concurrency):
-                                worker = Worker(
-                                    sender=sender,
-                                    batcher=batcher,
-                                    outcomes=send,
-                                    api_base=crm.api_base,
-                                    trigger=crm.trigger,
-                                    policy=policy,
-                                    on_halt=on_halt,
-                                    on_stop=on_stop,
-                                    dry_run_out=dry_out,
-                                    persistent=options.watch is not None,
-                                    possibly_sent=plan.possibly_sent if plan.resumed else None,
-                                    journal=journal.record if journal is not None else None,
-                                )
-                                work.start_soon(worker.run)
-                        stages.cancel_scope.cancel()  # the work is done: stop waiting for a stop request
-            except BaseExceptionGroup as group:
-                closed = (anyio.BrokenResourceError, anyio.ClosedResourceError)
-                if ledger_failure is None or group.split(closed)[1] is not None:
-                    raise
-            if ledger_failure is not None:
-                state = "failed"
-                raise ledger_failure
-            if control.stop_requested.is_set():
-                # A watch ends on request; what it held is read again from the stored positions next time.
-                state = "completed" if options.watch is not None else "interrupted"
-            elif batcher.stopped:
-                state = "failed" if fatal else "paused"
-            else:
-                state = "halted" if halted else "completed"
-        finally:
-            # Ctrl-C or a crash still closes the run in the ledger with what was committed.
-            with anyio.CancelScope(shield=True):
-                try:
-                    summary = await ledger.finish_run(run_id, state=state, read=dict(progress.read))
-                except LedgerError:
-                    if ledger_failure is None:
-                        raise
-                    # The ledger cannot be written (still full): the run stays "running" in it,
-                    # and a resume picks it up; the first error is the one reported.
-            if telemetry is not None:
-                telemetry.state = state
-    elapsed = time.monotonic() - started
-    log.info(
-        "syncengine.run_finished",
-        run_id=run_id,
-        state=state,
-        read=summary.read,
-        succeeded=summary.succeeded,
-        rejected=summary.rejected,
-        failed=summary.failed,
-        invalid=summary.invalid,
-        pending=summary.pending,
-        calls=stats.calls,
-        throttled=stats.throttled,
-        max_in_flight=limits.general.max_in_flight,
-        elapsed_s=round(elapsed, 3),
-        rate=round(summary.read / elapsed, 1) if elapsed > 0 else None,
-    )
-    return RunResult(
-        summary=summary,
-        halted=tuple(halted),
-        stopped=stopped,
-        fatal=fatal,
-        interrupted=control.stop_requested.is_set(),
-        calls=stats.calls,
-        throttled=stats.throttled,
-        refreshes=tokens.refreshes if tokens is not None else 0,
-        max_in_flight=limits.general.max_in_flight,
-        watched=options.watch is not None,
-        planned_calls=stats.planned_calls,
-        planned_credits=stats.planned_credits,
-        credits_left=credits.budget,
-    )
+    """One run of the selected streams (``Run`` as one call)."""
+    async with Run(config, secrets, options, progress=progress, control=control, telemetry=telemetry) as run:
+        return await run.run()
 
 
 async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
@@ -397,53 +404,6 @@ async def _credits_left(budget: int | None, ledger: SqliteLedger | None) -> int 
     if spent:
         log.info("syncengine.credits_budget", budget=budget, spent_last_24h=spent, left=max(0, budget - spent))
     return max(0, budget - spent)
-
-
-async def _rows(
-    stream: StreamConfig, ledger: SqliteLedger, options: RunOptions, plan: Plan
-) -> AsyncIterator[Row | object]:
-    """The rows a stream reads in this run: a file, a table after its stored position, or a re-drive's."""
-    source = stream.source
-    if options.redrive is not None:
-        redrive = options.redrive
-        rows = ledger_rows(ledger, redrive.run_id, stream.name, statuses=redrive.statuses, codes=redrive.codes)
-        async for redriven in rows:
-            yield redriven
-        return
-    if isinstance(source, SourceConfig):
-        if options.watch is not None:
-            async for item in follow_file(source, interval=options.watch):
-                yield item
-            return
-        # Resumed: rows at or below the checkpoint all have their outcome; the reader skips them unparsed.
-        async with open_reader(source, start_after=plan.start_after.get(stream.name, 0)) as reader:
-            async for file_row in reader:
-                yield file_row
-        return
-    stored = await ledger.source_position(stream.name)
-    since = (stored[0], stored[1]) if isinstance(stored, list) and len(stored) == 2 else None
-    environ = options.environ
-
-    def table(after: Position | None) -> Reader:
-        return open_reader(source, since=after, environ=environ)
-
-    if options.watch is not None:
-        finished = await finished_rows(ledger, stream, plan.run_id)
-
-        def finished_before(row: SqlRow) -> bool:
-            return row_mark(source, row.values) in finished
-
-        skip = finished_before if finished else None
-        async for item in follow_table(table, since=since, interval=options.watch, done=skip):
-            yield item
-        return
-    offset = plan.seq_offsets.get(stream.name, 0)
-    done = plan.done_rows.get(stream.name)
-    async with open_reader(source, since=since, environ=environ) as reader:
-        async for row in reader:
-            if done and isinstance(row, SourceRow) and row_mark(source, row.values) in done:
-                continue  # resumed: it already has its outcome in this run (counted in prior_read)
-            yield replace(row, seq=row.seq + offset) if offset else row
 
 
 def selected_sources(config: Config, names: Sequence[str]) -> list[Path]:

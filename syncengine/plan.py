@@ -12,26 +12,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 
 import anyio
 import orjson
 import structlog
 
-from syncengine.config import Config, SourceConfig, SqlSourceConfig, StreamConfig
+from syncengine.config import Config, SqlSourceConfig, StreamConfig
 from syncengine.errors import SourceError
 from syncengine.ledger import SeqSet, SqliteLedger
 from syncengine.ledger.journal import Dispatch, journal_path, prune_journals, read_journal
 from syncengine.model import JSON, Change, Status
-from syncengine.positions import fingerprint
 
-__all__ = ["InDoubt", "Plan", "Redrive", "finished_rows", "make_plan", "row_mark"]
+__all__ = ["InDoubt", "Plan", "Redrive", "Source", "StreamPlan", "finished_rows", "make_plan", "row_mark"]
 
 log = structlog.get_logger("syncengine.plan")
 
-_LAG_ROWS = 20_000  # rows before a database stream's checkpoint that a resume's lag re-read may meet
 _RUNS_BACK = 5  # earlier runs whose rows above their checkpoint a restarted watch does not redo
 
 
@@ -63,22 +61,42 @@ class InDoubt:
 
     @classmethod
     def build(cls, dispatches: Sequence[Dispatch], done: SeqSet, *, by_key: bool) -> InDoubt:
+        """From the journal: every change without an outcome that a call carried, and per key one group.
+
+        A key's in-doubt changes form one group even when several calls carried them (one after the other,
+        in order): the CRM may hold the newest of them already, so a resume must write their merged state
+        once, never the older ones again one by one.
+        """
         doubt = cls()
+        per_key: dict[str, set[int]] = {}
         for call in dispatches:  # oldest first: a later call of the same change wins
             for key, seqs in call.records:
-                open_seqs = tuple(s for s in seqs if s not in done)
+                open_seqs = [s for s in seqs if s not in done]
                 if not open_seqs:
                     continue
                 if by_key:
                     doubt.keys[key] = call.id
                     continue
+                per_key.setdefault(key, set()).update(open_seqs)
                 for seq in open_seqs:
-                    doubt.groups[seq] = open_seqs
                     doubt.calls[seq] = call.id
+        for merged in per_key.values():
+            group = tuple(sorted(merged))
+            for seq in group:
+                doubt.groups[seq] = group
         return doubt
 
     def __len__(self) -> int:
         return len(self.calls) + len(self.keys)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamPlan:
+    """What one stream of the run skips, re-sends as before, or must not send again."""
+
+    skip: SeqSet | None = None  # resume: seqs that already have a terminal outcome
+    in_doubt: InDoubt | None = None  # resume: what the killed process may have sent
+    superseded: set[int] | None = None  # re-drive: failed changes whose key a later change overtook
 
 
 @dataclass(slots=True)
@@ -95,9 +113,15 @@ class Plan:
     # (by key and cursor value), and how many outcomes it already has (they count as read).
     done_rows: dict[str, set[tuple[bytes, bytes]]] = field(default_factory=dict)
     prior_read: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, Source] = field(default_factory=dict)  # what each stream reads
     in_doubt: dict[str, InDoubt] = field(default_factory=dict)  # resume: what the last process may have sent
     retry_of: int | None = None  # a re-drive: the run whose failures it sends again
     superseded: dict[str, set[int]] = field(default_factory=dict)  # re-drive: seqs a later change overtook
+
+    def of(self, stream: str) -> StreamPlan:
+        return StreamPlan(
+            skip=self.skip.get(stream), in_doubt=self.in_doubt.get(stream), superseded=self.superseded.get(stream)
+        )
 
     def possibly_sent(self, change: Change) -> int | None:
         """The call of an earlier process of this run that may have applied ``change`` (None: never sent)."""
@@ -131,19 +155,28 @@ def row_mark(source: SqlSourceConfig, values: Mapping[str, JSON]) -> tuple[bytes
     return orjson.dumps(values.get(source.key)), cursor
 
 
-def check_sources(streams: Sequence[StreamConfig]) -> None:
-    """Fail before the run starts, not halfway, when a source file is not there."""
-    for stream in streams:
-        if not isinstance(stream.source, SourceConfig):
-            continue  # a database is checked when its reader opens
-        path = Path(stream.source.path)
-        if not path.is_file():
-            raise SourceError(str(path), f"stream {stream.name!r}: no such file")
+class Source(Protocol):
+    """What the plan asks of a stream's source (``sources.StreamSource``)."""
+
+    @property
+    def stream(self) -> StreamConfig: ...
+
+    @property
+    def stable_seqs(self) -> bool:
+        """A row keeps its seq across a resume (a file), or is re-read with a new one (a table)."""
+        ...
+
+    def check(self) -> None: ...
+
+    def fingerprint(self) -> str | None: ...
+
+    async def resume(self, plan: Plan, ledger: SqliteLedger, done: SeqSet) -> None: ...
 
 
 async def make_plan(
     config: Config,
     ledger: SqliteLedger,
+    source_of: Callable[[StreamConfig], Source],
     *,
     names: Sequence[str],
     resume: int | None,
@@ -152,62 +185,68 @@ async def make_plan(
 ) -> Plan:
     """Start a new run, or reopen the one to resume after checking its sources are unchanged."""
     if resume is not None:
-        return await _resume(config, ledger, resume)
+        return await _resume(config, ledger, source_of, resume)
+    overtaken: dict[str, set[int]] = {}
     if redrive is not None:
         before = await ledger.summary(redrive.run_id)
         names = [n for n in before.streams if not names or n in names]
-        overtaken = {
-            n: await ledger.superseded_seqs(redrive.run_id, n, statuses=redrive.statuses, codes=redrive.codes)
-            for n in names
-        }
+        for n in names:
+            overtaken[n] = await ledger.superseded_seqs(
+                redrive.run_id, n, statuses=redrive.statuses, codes=redrive.codes
+            )
     else:
         names = list(names) or [s.name for s in config.streams]
-    streams = [config.stream(n) for n in names]
-    if redrive is None:
-        check_sources(streams)
+    sources = [source_of(config.stream(n)) for n in names]
+    for source in sources:
+        source.check()
     if not dry_run:  # the journals of runs that completed will never be read again
         await anyio.to_thread.run_sync(prune_journals, config.ledger.path, await ledger.unfinished_runs())
     run_id = await ledger.start_run(
-        config_file=str(config.file),
-        streams=names,
-        dry_run=dry_run,
-        retry_of=redrive.run_id if redrive else None,
+        config_file=str(config.file), streams=names, dry_run=dry_run, retry_of=redrive.run_id if redrive else None
     )
-    if redrive is None:
-        await ledger.set_sources(
-            run_id, {s.name: fingerprint(s.source) for s in streams if isinstance(s.source, SourceConfig)}
-        )
-        return Plan(run_id=run_id, streams=streams)
-    return Plan(run_id=run_id, streams=streams, retry_of=redrive.run_id, superseded=overtaken)
+    prints = {s.stream.name: p for s in sources if (p := s.fingerprint()) is not None}
+    if prints:
+        await ledger.set_sources(run_id, prints)
+    return Plan(
+        run_id=run_id,
+        streams=[s.stream for s in sources],
+        sources={s.stream.name: s for s in sources},
+        retry_of=redrive.run_id if redrive else None,
+        superseded=overtaken,
+    )
 
 
-async def _resume(config: Config, ledger: SqliteLedger, run_id: int) -> Plan:
+async def _resume(
+    config: Config, ledger: SqliteLedger, source_of: Callable[[StreamConfig], Source], run_id: int
+) -> Plan:
     before = await ledger.summary(run_id)
     if before.retry_of is not None:
         raise SourceError(f"run {run_id}", "a re-drive cannot be resumed; re-drive its parent again instead")
-    streams = [config.stream(n) for n in before.streams]
-    check_sources(streams)
+    sources = [source_of(config.stream(n)) for n in before.streams]
     recorded = await ledger.sources(run_id)
-    for stream in streams:
-        if not isinstance(stream.source, SourceConfig):
-            continue  # a database source resumes from its stored position, not a file's seq
-        if stream.name in recorded and recorded[stream.name] != fingerprint(stream.source):
+    for source in sources:
+        source.check()
+        name = source.stream.name
+        if name in recorded and recorded[name] != source.fingerprint():
             raise SourceError(
-                str(stream.source.path),
+                str(getattr(source.stream.source, "path", name)),
                 f"changed since run {run_id} started: resuming would send the wrong rows; "
                 "run it as a new run instead (without --resume)",
             )
-    plan = Plan(run_id=run_id, streams=streams, resumed=True, start_after=await ledger.checkpoints(run_id))
-    done = {s.name: await ledger.terminal_seqs(run_id, s.name) for s in streams}
-    dispatches = await anyio.to_thread.run_sync(read_journal, journal_path(config.ledger.path, run_id))
-    for stream in streams:
-        table = isinstance(stream.source, SqlSourceConfig)
-        calls = [d for d in dispatches if d.stream == stream.name]
-        plan.in_doubt[stream.name] = InDoubt.build(calls, done[stream.name], by_key=table)
-        if not table:
-            plan.skip[stream.name] = done[stream.name]
-        elif isinstance(stream.source, SqlSourceConfig):
-            await _resume_table(plan, ledger, stream.name, stream.source, len(done[stream.name]))
+    plan = Plan(
+        run_id=run_id,
+        streams=[s.stream for s in sources],
+        sources={s.stream.name: s for s in sources},
+        resumed=True,
+        start_after=await ledger.checkpoints(run_id),
+    )
+    calls = await anyio.to_thread.run_sync(read_journal, journal_path(config.ledger.path, run_id))
+    for source in sources:
+        name = source.stream.name
+        done = await ledger.terminal_seqs(run_id, name)
+        mine = [c for c in calls if c.stream == name]
+        plan.in_doubt[name] = InDoubt.build(mine, done, by_key=not source.stable_seqs)
+        await source.resume(plan, ledger, done)
     await ledger.reopen_run(run_id)
     log.info(
         "syncengine.run_resuming",
@@ -217,14 +256,3 @@ async def _resume(config: Config, ledger: SqliteLedger, run_id: int) -> Plan:
         in_doubt={k: len(v) for k, v in plan.in_doubt.items() if len(v)},
     )
     return plan
-
-
-async def _resume_table(plan: Plan, ledger: SqliteLedger, name: str, source: SqlSourceConfig, done: int) -> None:
-    """A database stream resumes from its stored position; its seqs go on after the ones already recorded,
-    and rows re-read above the checkpoint that already have an outcome in this run are not redone."""
-    offset = plan.seq_offsets[name] = await ledger.max_seq(plan.run_id, name)
-    plan.prior_read[name] = done
-    # Above the checkpoint, and the last rows before it too: the lag window re-reads those.
-    after = max(0, min(plan.start_after.get(name, 0), offset - _LAG_ROWS))
-    rows = await ledger.source_rows_after(plan.run_id, name, after)
-    plan.done_rows[name] = {row_mark(source, row) for row in rows if isinstance(row, dict)}

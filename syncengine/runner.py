@@ -12,7 +12,7 @@ from rich.console import Console
 from syncengine.config import Config, Secrets
 from syncengine.ledger import render_summary
 from syncengine.metrics import Telemetry, serve_metrics
-from syncengine.pipeline import RunControl, RunOptions, RunResult, run_sync, selected_sources
+from syncengine.pipeline import RunControl, RunEnd, RunOptions, RunResult, run_sync, selected_sources
 from syncengine.progress import RunProgress, count_lines, show_progress
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_NOT_ALL_SUCCESS", "EXIT_OK", "EXIT_USAGE", "exit_code", "run_with_progress"]
@@ -116,9 +116,9 @@ async def _stop_on_signals(control: RunControl, console: Console) -> None:
 def exit_code(result: RunResult) -> int:
     """0 when every change is SUCCESS or SKIPPED, 2 when credentials were refused, 130 when stopped on
     request, else 1."""
-    if result.fatal:
+    if result.end is RunEnd.FATAL:
         return EXIT_USAGE
-    if result.interrupted:
+    if result.end is RunEnd.INTERRUPTED:
         return EXIT_OK if result.watched else EXIT_INTERRUPTED  # SIGTERM is how a watch is meant to stop
     s = result.summary
     return EXIT_OK if s.rejected + s.failed + s.invalid + s.pending == 0 else EXIT_NOT_ALL_SUCCESS

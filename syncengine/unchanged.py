@@ -28,14 +28,20 @@ import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Final
+from typing import Final, Protocol
 
 from syncengine.ledger.chains import Chain
 from syncengine.model import Change, Outcome, Status
 
-__all__ = ["MAX_HELD", "Action", "Passes", "SkipUnchanged"]
+__all__ = ["MAX_HELD", "Action", "Chains", "Passes", "SkipUnchanged"]
 
 MAX_HELD: Final = 100_000  # changes held while their keys repeat a chain: the memory bound of the rule
+
+
+class Chains(Protocol):
+    """Where chains are kept: the ledger (``SqliteLedger.chains``)."""
+
+    async def chains(self, stream: str, keys: Sequence[int]) -> dict[int, Chain]: ...
 
 
 class Action(Enum):
@@ -80,11 +86,13 @@ class SkipUnchanged:
         stream: str,
         passes: Passes,
         *,
+        chains: Chains | None = None,
         full: bool = False,
         retry_of: int | None = None,
         max_held: int = MAX_HELD,
     ) -> None:
         self._stream = stream
+        self._chains = chains  # where the chains are looked up (None: in a test, handed to ``decide``)
         # A re-drive of run N: a key whose chain a run after N wrote holds a newer row than N's failure.
         self._newer_than = None if retry_of is None else (retry_of + 1) << 20
         # --full: nothing is skipped, but the CRM may hold a newer row of a key than the rows read so far, so
@@ -108,6 +116,15 @@ class SkipUnchanged:
     def begin_lookup(self) -> None:
         """Call right before reading the chains for the next changes to decide."""
         self._recent.clear()
+
+    async def lookup(self, keys: Sequence[int]) -> dict[int, Chain]:
+        """The chains of ``keys`` (key digests), read a chunk at a time, never per change."""
+        self.begin_lookup()
+        return await self._chains.chains(self._stream, keys) if self._chains is not None else {}
+
+    def begin_pass(self, first_seq: int) -> None:
+        """A followed source is read again from ``first_seq`` on: a new pass (see ``Passes``)."""
+        self._passes.begin(self._stream, first_seq)
 
     def decide(self, change: Change, key: int, chain: Chain | None) -> tuple[Action, tuple[Change, ...]]:
         """The action for ``change`` (``key`` is its key digest, ``chain`` what the ledger holds for it)."""
@@ -196,3 +213,4 @@ class SkipUnchanged:
             else:
                 del self._live[key]
                 self._recent.add(key)
+

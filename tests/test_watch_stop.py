@@ -16,11 +16,11 @@ import anyio
 import pytest
 
 from syncengine.config import Config, SqlSourceConfig
-from syncengine.follow import follow_table
 from syncengine.pipeline import RunControl, RunOptions, RunResult, run_sync
 from syncengine.readers import Reader, open_reader
 from syncengine.readers.sql import Position, SqlRow
 from syncengine.sandbox import Sandbox, SandboxOptions
+from syncengine.sources import follow_table
 from syncengine.workers import RetryPolicy
 from tests.conftest import SECRETS, write_config
 from tests.test_signals import CREDENTIALS

@@ -263,6 +263,7 @@ def _stream(file: str, index: int, data: dict[str, object], base: Path) -> Strea
         related_module=related_module,
         parent_match_field=parent.field if parent else None,
         duplicate_check_fields=duplicate_check,
+        fields=tuple(f.field for f in fields),
     )
     linger_ms = table.number("linger_ms", "a number of milliseconds >= 0", low=0, inclusive=True)
     delete_when = None

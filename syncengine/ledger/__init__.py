@@ -13,7 +13,7 @@ from syncengine.ledger.schema import SCHEMA_VERSION
 from syncengine.ledger.sqlite import SqliteLedger, open_ledger
 from syncengine.ledger.values import ErrorCount, OutcomeRow, RunState, RunSummary, SeqSet, StreamCounts
 from syncengine.ledger.watermark import Watermark
-from syncengine.ledger.writer import LedgerWriter
+from syncengine.ledger.writer import LedgerWriter, send_all
 
 __all__ = [
     "OUTCOME_COLUMNS",
@@ -31,4 +31,5 @@ __all__ = [
     "render_runs",
     "render_summary",
     "write_report",
+    "send_all",
 ]

@@ -1,8 +1,7 @@
-"""The results ledger in one SQLite file.
+"""The results ledger in one SQLite file: runs, outcomes, checkpoints, positions, chains and credits.
 
-One connection, used by one caller at a time: every statement runs in a worker thread through a
-``CapacityLimiter(1)``, so the event loop never waits on the disk and no two transactions ever interleave on
-the connection (a single connection shared by concurrent tasks was seen to raise and lose rows).
+The connection and its thread are ``connection.py``'s, the paged reads ``reads.py``'s, the summaries
+``summaries.py``'s.
 
 Durability: WAL with ``synchronous=NORMAL``. A commit is in the WAL file before ``append`` returns, so a
 killed process (SIGKILL, OOM killer, Ctrl-C) loses nothing it committed and never leaves half a batch:
@@ -16,43 +15,30 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, Final
 
 import anyio
 import orjson
 
 from syncengine.errors import LedgerError
 from syncengine.ledger.chains import Chain, chain_rows, load_chains, upsert_chains
-from syncengine.ledger.schema import NewerSchema, migrate
+from syncengine.ledger.connection import transaction
+from syncengine.ledger.reads import OUTCOME_SQL_COLUMNS, LedgerReads, filters
+from syncengine.ledger.summaries import count_run, snapshot, summary_from
 from syncengine.ledger.values import (
-    ErrorCount,
-    OutcomeRow,
     RunState,
     RunSummary,
-    SeqSet,
-    StreamCounts,
 )
-from syncengine.model import JSON, TERMINAL, Operation, Outcome, Status
+from syncengine.model import JSON, TERMINAL, Outcome, Status
 
 __all__ = ["SqliteLedger", "open_ledger"]
 
-T = TypeVar("T")
-_Key: TypeAlias = tuple[str, int]  # (stream, seq): the position of a row in a run, and of a page
 
-_PAGE_SIZE: Final = 1000  # rows per read: keeps a report's memory flat and the connection free in between
-_TOP_ERRORS: Final = 10
-_ERROR_STATUSES: Final = (Status.REJECTED.value, Status.FAILED.value, Status.INVALID.value)
-
-_OUTCOME_COLUMNS: Final = (
-    "run_id, stream, seq, operation, module, related_list, key, parent, status, code, message, details, "
-    "crm_id, http_status, attempts, started_at, finished_at, note, source_row"
-)
 # OR REPLACE: exactly one row per (run, stream, seq); a later outcome of the same change in the same run wins.
-_INSERT: Final = f"INSERT OR REPLACE INTO outcomes ({_OUTCOME_COLUMNS}) VALUES ({', '.join('?' * 19)})"
+_INSERT: Final = f"INSERT OR REPLACE INTO outcomes ({OUTCOME_SQL_COLUMNS}) VALUES ({', '.join('?' * 19)})"
 # A checkpoint only moves forward, even if a caller hands an older one later.
 _CHECKPOINT: Final = (
     "INSERT INTO checkpoints (run_id, stream, position, updated_at) VALUES (?, ?, ?, ?) "
@@ -107,61 +93,12 @@ def _row(run_id: int, outcome: Outcome) -> tuple[object, ...]:
     )
 
 
-def _outcome_row(r: tuple[Any, ...]) -> OutcomeRow:
-    return OutcomeRow(
-        run_id=r[0],
-        stream=r[1],
-        seq=r[2],
-        operation=Operation(r[3]),
-        module=r[4],
-        related_list=r[5],
-        key=r[6],
-        parent=r[7],
-        status=Status(r[8]),
-        code=r[9],
-        message=r[10],
-        details=_loads(r[11]),
-        crm_id=r[12],
-        http_status=r[13],
-        attempts=r[14],
-        started_at=r[15],
-        finished_at=r[16],
-        note=r[17],
-        source_row=_loads(r[18]),
-    )
-
-
-def _filters(
-    statuses: Collection[Status] | None, codes: Collection[str] | None, stream: str | None
-) -> tuple[str, list[object]]:
-    """The WHERE clause (after ``run_id = ?``) for a report's filters; an empty collection matches nothing."""
-    sql, params = "", list[object]()
-    if stream is not None:
-        sql += " AND stream = ?"
-        params.append(stream)
-    if statuses is not None:
-        values = sorted({Status(s).value for s in statuses})
-        sql += f" AND status IN ({', '.join('?' * len(values))})"
-        params += values
-    if codes is not None:
-        values = sorted(set(codes))
-        sql += f" AND code IN ({', '.join('?' * len(values))})"
-        params += values
-    return sql, params
-
-
-class SqliteLedger:
+class SqliteLedger(LedgerReads):
     """The results ledger in one SQLite file: ``async with SqliteLedger(path) as ledger: ...``.
 
     Opening creates the file and its schema if needed and proves the file is a writable, unlocked ledger;
     every failure, then or later, is a ``LedgerError`` naming the file and the reason.
     """
-
-    def __init__(self, path: Path | str, *, busy_timeout: float = 10.0) -> None:
-        self._path = Path(path)
-        self._busy_timeout = busy_timeout  # seconds to wait for another process's lock before giving up
-        self._conn: sqlite3.Connection | None = None
-        self._limiter = anyio.CapacityLimiter(1)
 
     @classmethod
     async def open(cls, path: Path | str, *, busy_timeout: float = 10.0) -> SqliteLedger:
@@ -204,7 +141,7 @@ class SqliteLedger:
 
         def start() -> int:
             conn = self._connection()
-            with _transaction(conn):
+            with transaction(conn):
                 if retry_of is not None:
                     self._run_row(conn, retry_of)
                 cursor = conn.execute(
@@ -233,13 +170,13 @@ class SqliteLedger:
 
         def finish() -> RunSummary:
             conn = self._connection()
-            with _transaction(conn):
+            with transaction(conn):
                 row = self._run_row(conn, run_id)
                 finished_at = time.time()
-                summary = self._count(conn, row, read=read, state=final, finished_at=finished_at)
+                summary = count_run(conn, row, read=read, state=final, finished_at=finished_at)
                 conn.execute(
                     "UPDATE runs SET state = ?, finished_at = ?, read = ?, counts = ? WHERE id = ?",
-                    (final.value, finished_at, orjson.dumps(dict(read)).decode(), _snapshot(summary), run_id),
+                    (final.value, finished_at, orjson.dumps(dict(read)).decode(), snapshot(summary), run_id),
                 )
             return summary
 
@@ -250,7 +187,7 @@ class SqliteLedger:
 
         def reopen() -> RunSummary:
             conn = self._connection()
-            with _transaction(conn):
+            with transaction(conn):
                 row = self._run_row(conn, run_id)
                 before = self._summary(conn, row)
                 conn.execute(
@@ -282,7 +219,7 @@ class SqliteLedger:
 
         def store() -> None:
             conn = self._connection()
-            with _transaction(conn):
+            with transaction(conn):
                 conn.executemany(
                     "INSERT OR REPLACE INTO run_sources (run_id, stream, fingerprint) VALUES (?, ?, ?)",
                     [(run_id, stream, fp) for stream, fp in fingerprints.items()],
@@ -364,7 +301,7 @@ class SqliteLedger:
             conn = self._connection()
             rows = [_row(run_id, o) for o in outcomes]  # built here, off the event loop
             chains = chain_rows(passes or (lambda _stream, _seq: run_id << 20), outcomes) if remember else {}
-            with _transaction(conn):
+            with transaction(conn):
                 self._run_row(conn, run_id)
                 conn.executemany(_INSERT, rows)
                 upsert_chains(conn, chains)
@@ -397,7 +334,7 @@ class SqliteLedger:
     ) -> set[int]:
         """Of a run's changes with these statuses (and codes), those whose key had a later change applied in
         the same run: a re-drive must not send them after it (the CRM would go back to an older row)."""
-        where, params = _filters(statuses, codes, stream)
+        where, params = filters(statuses, codes, stream)
         query = (
             "WITH later AS (SELECT key, coalesce(parent, '') AS parent, max(seq) AS last FROM outcomes "
             "WHERE run_id = ? AND stream = ? AND (status = 'SUCCESS' OR "
@@ -476,145 +413,7 @@ class SqliteLedger:
 
         return await self._run(f"cannot read the checkpoints of run {run_id}", load)
 
-    async def outcomes(
-        self,
-        run_id: int,
-        *,
-        statuses: Collection[Status] | None = None,
-        codes: Collection[str] | None = None,
-        stream: str | None = None,
-        page_size: int = _PAGE_SIZE,
-    ) -> AsyncIterator[OutcomeRow]:
-        """The run's outcome rows in (stream, seq) order, read a page at a time (never all at once)."""
-        pages = self._pages(run_id, _OUTCOME_COLUMNS, _outcome_row, statuses, codes, stream, page_size)
-        async for page in pages:
-            for row in page:
-                yield row
-
-    async def source_columns(
-        self,
-        run_id: int,
-        *,
-        statuses: Collection[Status] | None = None,
-        codes: Collection[str] | None = None,
-        stream: str | None = None,
-    ) -> list[str]:
-        """The union of the source rows' column names, in first-seen (stream, seq) order, for a CSV header."""
-        seen: dict[str, None] = {}
-        last: tuple[str, ...] = ()
-
-        def keys(r: tuple[Any, ...]) -> tuple[str, ...]:
-            return () if r[2] is None else tuple(orjson.loads(r[2]))
-
-        pages = self._pages(run_id, "stream, seq, source_row", keys, statuses, codes, stream, _PAGE_SIZE)
-        async for page in pages:
-            for columns in page:
-                if columns != last:  # rows of one source mostly share their columns: skip the dict work
-                    seen.update(dict.fromkeys(columns))
-                    last = columns
-        return list(seen)
-
-    async def terminal_seqs(self, run_id: int, stream: str) -> SeqSet:
-        """The seqs of ``stream`` that have a terminal outcome in the run, as ranges (for resume).
-
-        Only terminal outcomes are ever written, so this reads the primary-key index alone, in order, and
-        a stream of millions of rows costs as many ranges as it has gaps.
-        """
-
-        def load() -> SeqSet:
-            cursor = self._connection().execute(
-                "SELECT seq FROM outcomes WHERE run_id = ? AND stream = ? ORDER BY seq", (run_id, stream)
-            )
-            return SeqSet(seq for (seq,) in cursor)
-
-        return await self._run(f"cannot read the outcomes of run {run_id}", load)
-
     # --- internals --------------------------------------------------------------------------------------
-
-    async def _pages(
-        self,
-        run_id: int,
-        columns: str,
-        decode: Callable[[tuple[Any, ...]], T],
-        statuses: Collection[Status] | None,
-        codes: Collection[str] | None,
-        stream: str | None,
-        page_size: int,
-    ) -> AsyncIterator[list[T]]:
-        """Keyset pagination on (stream, seq): each page is one short query, so nothing is held in between.
-
-        ``columns`` must start with ``stream, seq`` (or be the full outcome columns, which have them at 1, 2).
-        """
-        where, params = _filters(statuses, codes, stream)
-        key_at = 1 if columns.startswith("run_id") else 0
-        after: _Key | None = None
-        while True:
-            if after is None:
-                sql, args = "", [run_id, *params]
-            elif stream is not None:  # one stream: the range is on seq alone
-                sql, args = " AND seq > ?", [run_id, *params, after[1]]
-            else:
-                sql, args = " AND (stream, seq) > (?, ?)", [run_id, *params, *after]
-            query = f"SELECT {columns} FROM outcomes WHERE run_id = ?{where}{sql}"
-            query += " ORDER BY stream, seq LIMIT ?"
-
-            def fetch(query: str = query, args: list[object] = args) -> tuple[list[T], _Key | None]:
-                raw = self._connection().execute(query, (*args, page_size)).fetchall()
-                last = (raw[-1][key_at], raw[-1][key_at + 1]) if raw else None
-                return [decode(r) for r in raw], last
-
-            page, last = await self._run(f"cannot read the outcomes of run {run_id}", fetch)
-            if page:
-                yield page
-            if last is None or len(page) < page_size:
-                return
-            after = last
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise LedgerError(str(self._path), "the ledger is not open")
-        return self._conn
-
-    def _open_sync(self) -> None:
-        if self._path.is_dir():
-            raise LedgerError(str(self._path), "cannot open: it is a directory, not a file")
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
-        try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            conn.execute("PRAGMA synchronous = NORMAL")
-            migrate(conn)  # writes, so a read-only or locked file fails here, not mid-run
-            if str(mode).lower() != "wal":
-                raise LedgerError(str(self._path), f"cannot open: WAL mode refused (journal_mode={mode})")
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-
-    async def _run(self, action: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the connection's thread; SQLite and OS errors become ``LedgerError``s."""
-        try:
-            return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
-        except NewerSchema as exc:
-            raise LedgerError(str(self._path), f"{action}: {exc}") from exc
-        except (sqlite3.Error, OSError) as exc:
-            raise LedgerError(str(self._path), f"{action}: {self._reason(exc)}") from exc
-
-    def _reason(self, exc: sqlite3.Error | OSError) -> str:
-        if isinstance(exc, OSError):
-            return exc.strerror or str(exc)
-        name = getattr(exc, "sqlite_errorname", "")
-        if name.startswith("SQLITE_BUSY") or "locked" in str(exc):
-            return f"{exc} (another process holds a lock on it; waited {self._busy_timeout:g}s)"
-        if name == "SQLITE_NOTADB":
-            return f"{exc} (it is not a syncengine ledger)"
-        if name.startswith("SQLITE_READONLY"):
-            return f"{exc} (the file or its directory is not writable)"
-        if name.startswith("SQLITE_IOERR") or name == "SQLITE_FULL":
-            return f"{exc} ({name}: the disk may be full, or the file cannot grow)"
-        if name.startswith("SQLITE_CANTOPEN"):
-            return f"{exc} (check that the directory exists and is writable)"
-        return str(exc)
 
     def _run_row(self, conn: sqlite3.Connection, run_id: int) -> tuple[Any, ...]:
         row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -626,106 +425,10 @@ class SqliteLedger:
         snapshot = _loads(row[9])
         if snapshot is None:  # not finished (running, or killed): count now, read = rows is the lower bound
             read = _loads(row[8]) or {}
-            return self._count(conn, row, read=read, state=RunState(row[3]), finished_at=row[2])
-        return _summary_from(row, snapshot)
-
-    @staticmethod
-    def _count(
-        conn: sqlite3.Connection,
-        row: tuple[Any, ...],
-        *,
-        read: Mapping[str, int],
-        state: RunState,
-        finished_at: float | None,
-    ) -> RunSummary:
-        run_id = row[0]
-        rows: dict[str, dict[Status, int]] = {}
-        for stream, status, n in conn.execute(
-            "SELECT stream, status, count(*) FROM outcomes WHERE run_id = ? GROUP BY stream, status",
-            (run_id,),
-        ):
-            rows.setdefault(stream, {})[Status(status)] = n
-        configured: list[str] = _loads(row[5])
-        names = list(dict.fromkeys([*configured, *read, *sorted(rows)]))
-        per_stream = [StreamCounts.tally(s, read=int(read.get(s, 0)), rows=rows.get(s, {})) for s in names]
-        # min(seq) makes SQLite take the bare ``message`` from the first row of each code: a stable sample.
-        errors = [
-            ErrorCount(status=Status(status), code=code, count=n, sample=message)
-            for status, code, n, _, message in conn.execute(
-                "SELECT status, code, count(*) AS n, min(seq), message FROM outcomes "
-                f"WHERE run_id = ? AND status IN ({', '.join('?' * len(_ERROR_STATUSES))}) "
-                "GROUP BY status, code ORDER BY n DESC, status, code LIMIT ?",
-                (run_id, *_ERROR_STATUSES, _TOP_ERRORS),
-            )
-        ]
-        return RunSummary.build(
-            run_id=run_id,
-            state=state,
-            started_at=row[1],
-            finished_at=finished_at,
-            config_file=row[4],
-            streams=configured,
-            dry_run=bool(row[6]),
-            retry_of=row[7],
-            per_stream=per_stream,
-            top_errors=errors,
-        )
+            return count_run(conn, row, read=read, state=RunState(row[3]), finished_at=row[2])
+        return summary_from(row, snapshot)
 
 
 async def open_ledger(path: Path | str, *, busy_timeout: float = 10.0) -> SqliteLedger:
     """Open (creating if needed) the ledger at ``path``; close it with ``aclose`` or ``async with``."""
     return await SqliteLedger.open(path, busy_timeout=busy_timeout)
-
-
-def _snapshot(summary: RunSummary) -> str:
-    return orjson.dumps(
-        {
-            "streams": [
-                {
-                    "stream": s.stream,
-                    "read": s.read,
-                    "succeeded": s.succeeded,
-                    "rejected": s.rejected,
-                    "failed": s.failed,
-                    "invalid": s.invalid,
-                    "skipped": s.skipped,
-                    "pending": s.pending,
-                }
-                for s in summary.per_stream
-            ],
-            "errors": [[e.status.value, e.code, e.count, e.sample] for e in summary.top_errors],
-        }
-    ).decode()
-
-
-def _summary_from(row: tuple[Any, ...], snapshot: dict[str, Any]) -> RunSummary:
-    return RunSummary.build(
-        run_id=row[0],
-        state=RunState(row[3]),
-        started_at=row[1],
-        finished_at=row[2],
-        config_file=row[4],
-        streams=_loads(row[5]),
-        dry_run=bool(row[6]),
-        retry_of=row[7],
-        per_stream=[StreamCounts(**s) for s in snapshot["streams"]],
-        top_errors=[ErrorCount(status=Status(st), code=c, count=n, sample=m) for st, c, n, m in snapshot["errors"]],
-    )
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error.
-
-    IMMEDIATE takes the write lock up front, so a busy database fails at BEGIN, after the busy timeout,
-    rather than half way through a batch.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    finally:
-        # An error in the block or in COMMIT itself (a full disk) must not leave the transaction open;
-        # some errors have rolled it back already.
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from syncengine.ledger.sqlite import SqliteLedger
 from syncengine.model import JSON, Outcome
 
-__all__ = ["LedgerWriter"]
+__all__ = ["LedgerWriter", "send_all"]
 
 
 class LedgerWriter:
@@ -127,3 +127,12 @@ class LedgerWriter:
         self.flushes += 1
         if self._on_flush is not None:
             self._on_flush(batch)
+
+
+async def send_all(stream: MemoryObjectSendStream[Outcome], outcomes: Sequence[Outcome]) -> None:
+    """Hand outcomes to the ledger writer without a scheduling point per outcome while there is room."""
+    for outcome in outcomes:
+        try:
+            stream.send_nowait(outcome)
+        except anyio.WouldBlock:
+            await stream.send(outcome)

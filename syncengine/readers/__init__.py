@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 from syncengine.config import SourceConfig, SqlSourceConfig
 from syncengine.errors import SourceError
-from syncengine.readers.base import BadRow, Reader, Row, SourceRow
+from syncengine.readers.base import IDLE, BadRow, Idle, Reader, Row, SourceRow
 from syncengine.readers.csv_reader import CsvReader
 from syncengine.readers.jsonl import JsonlReader
 from syncengine.readers.postgres_reader import PostgresReader
@@ -29,7 +29,9 @@ from syncengine.readers.sql import Position, SqlRow, SqlSpec
 from syncengine.readers.sqlite_reader import SqliteReader
 
 __all__ = [
+    "IDLE",
     "BadRow",
+    "Idle",
     "CsvReader",
     "JsonlReader",
     "Position",

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass
+from enum import Enum
 from itertools import islice
 from pathlib import Path
 from types import TracebackType
@@ -22,9 +23,18 @@ import anyio.to_thread
 from syncengine.errors import SourceError
 from syncengine.model import JSON
 
-__all__ = ["CHUNK_ROWS", "BadRow", "ChunkedFileReader", "Reader", "Row", "SourceRow"]
+__all__ = ["CHUNK_ROWS", "IDLE", "BadRow", "ChunkedFileReader", "Idle", "Reader", "Row", "SourceRow"]
 
 CHUNK_ROWS = 1_000  # rows parsed per trip to the worker thread: big enough to amortise the trip
+
+
+class Idle(Enum):
+    """A followed source yields ``IDLE`` before it waits for more rows: what is held goes out then."""
+
+    IDLE = "idle"
+
+
+IDLE = Idle.IDLE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

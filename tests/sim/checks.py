@@ -11,7 +11,9 @@ delink), and it carries the version of the group's last row.
 (c) Every outcome must agree with the history: SUCCESS only for a write the CRM applied in this run (a merged
 write counts for every row it covers: same key, a version at or after the row, and the row's fields among
 its fields) or, for a delink, an unlink of the pair attributed to that row's group (a later delink of a
-group finds the relation gone: the CRM provably holds what it asks); SKIPPED only when the CRM holds that row
+group finds the relation gone: the CRM provably holds what it asks), or a delink whose note says it is
+ambiguous when an earlier try may really have reached the CRM (faults, or a killed process), or a delink that
+superseded a link of its pair in its record and finds the pair absent; SKIPPED only when the CRM holds that row
 or a later one; REJECTED only for a row the CRM refuses (unknown key) or a delink that removed nothing (not
 the first row of a group that was applied); INVALID exactly for the bad rows; FAILED only under faults; one
 outcome per change.
@@ -126,9 +128,24 @@ def _success_ok(chg: Chg, applied: Applied, export: Export) -> bool:
 Current = Callable[[Key], Mapping[str, Any] | None]  # what the CRM holds for a key now (None: no record/link)
 
 
+def _absent_ok(chg: Chg, row: OutcomeRow, current: Current, uncertain: bool) -> bool:
+    """A delink that removed nothing in this step, reported SUCCESS, is right in two cases (DESIGN §3):
+    its note says the evidence is ambiguous and an earlier try may really have reached the CRM (a dropped
+    connection or a 5xx, or a killed process's journaled call), or the pair is absent and the record carried
+    a link of it that the delink superseded (the CRM holds what the two leave)."""
+    if chg.op != "unlink":
+        return False
+    if row.note and "ambiguous" in row.note:
+        return uncertain
+    return (row.message or "").startswith("relation absent") and current(chg.key) is None
+
+
 def _skip_ok(chg: Chg, held: Mapping[Key, int | None], export: Export, current: Current) -> bool:
     """The CRM holds this row or a later one, and every field the row would write has the row's value
-    (or a later row of the key writes that field, or delinks the pair)."""
+    (or a later row of the key writes that field, or delinks the pair). A delink of a pair the CRM does not
+    hold is a no-op whatever row the history says the pair was last written by."""
+    if chg.op == "unlink" and current(chg.key) is None:
+        return True
     at = export.position(chg.key, held.get(chg.key))
     if at is None or at < chg.seq:
         return False
@@ -181,7 +198,7 @@ def check_outcomes(
         if chg.bad == "invalid" or status is Status.INVALID:
             ok = chg.bad == "invalid" and status is Status.INVALID
         elif status is Status.SUCCESS:
-            ok = chg.bad is None and _success_ok(chg, applied, export)
+            ok = chg.bad is None and (_success_ok(chg, applied, export) or _absent_ok(chg, row, current, faulty))
         elif status is Status.SKIPPED:
             ok = chg.bad is None and _skip_ok(chg, held, export, current)
         elif status is Status.REJECTED:

@@ -290,7 +290,8 @@ async def _do_step(spec: Spec, number: int, step: Step, sb: Sandbox, config: Con
     sb.set_faults(**NO_FAULTS)
     rows, summary = await _ledger(config, run_id)
     applied, problems = run.history.step(number, export, sb.state.history[start:])
-    faulty = bool(step.faults) or step.expire_tokens or step.storms
+    # An earlier try may have reached the CRM unseen: under faults, or when a killed process sent it.
+    faulty = bool(step.faults) or step.expire_tokens or step.storms or step.kind == "kill"
     current = partial(crm_holds, sb.state)
     bad, failed = check_outcomes(number, export, expected, rows, applied, run.history.held, current, faulty)
     problems += bad + check_summary(number, summary, len(expected)) + _limits(number, step, spec, sb, overlaps)

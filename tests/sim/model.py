@@ -243,4 +243,6 @@ def crm_holds(state: Any, key: Key) -> dict[str, Any] | None:
         rec = state.get_record(record_of(key)[1], key[2])
         return None if rec is None else {k: v for k, v in rec.items() if k not in SYSTEM_FIELDS}
     fields = state.links.get(("Deals", key[1]), {}).get("Contacts", {}).get(key[2])
-    return None if fields is None else dict(fields)
+    # A relation field set to null is cleared (the engine clears the fields a delink erased when it merges the
+    # delink with a later link of the pair): null and absent are the same relation.
+    return None if fields is None else {k: v for k, v in fields.items() if v is not None}

@@ -1,43 +1,18 @@
-"""Where a run stands in its sources: fingerprints for a safe resume, checkpoints, and re-drive rows.
+"""Per stream checkpoints, fed by the readers (``seen``) and the ledger writer (each committed batch).
 
-- A resumed run must read the same input, or source positions would point at other rows: each stream's
-  source is fingerprinted when the run starts and checked when it resumes.
-- The checkpoint of a stream (the highest seq with every seq at or below it terminal) is written in the
-  same ledger transaction as the outcomes that advance it, so a resumed run can skip the rows below it
-  without reading their outcomes back.
-- A re-drive reads its rows from the ledger: the source row each failed change was made from.
+The checkpoint of a stream (the highest seq with every seq at or below it terminal) is written in the same
+ledger transaction as the outcomes that advance it, so a resumed run can skip the rows below it without
+reading their outcomes back; a database stream's stored (cursor, key) position moves with it.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
-from syncengine.config import SourceConfig
-from syncengine.ledger import SqliteLedger, Watermark
-from syncengine.model import JSON, Outcome, Status
-from syncengine.readers import SourceRow
+from syncengine.ledger.watermark import Watermark
+from syncengine.model import JSON, Outcome
 
-__all__ = ["Checkpoints", "fingerprint", "ledger_rows"]
-
-_EDGE = 1 << 20  # bytes hashed at each end of a file
-
-
-def fingerprint(source: SourceConfig) -> str:
-    """Size and a hash of both ends of the file: cheap, and it changes when the export is rewritten."""
-    path = Path(source.path)
-    try:
-        size = path.stat().st_size
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            digest.update(handle.read(_EDGE))
-            if size > _EDGE:
-                handle.seek(max(_EDGE, size - _EDGE))
-                digest.update(handle.read(_EDGE))
-    except OSError as exc:
-        return f"unreadable:{type(exc).__name__}"
-    return f"{source.kind}:{size}:{digest.hexdigest()[:32]}"
+__all__ = ["Checkpoints"]
 
 
 class Checkpoints:
@@ -90,12 +65,3 @@ class Checkpoints:
         """Database positions moved since the last call: committed with the batch that moved them."""
         moved, self._moved = self._moved, {}
         return moved
-
-
-async def ledger_rows(
-    ledger: SqliteLedger, run_id: int, stream: str, *, statuses: Collection[Status], codes: Collection[str] | None
-) -> AsyncIterator[SourceRow]:
-    """The source rows of a run's outcomes with these statuses (and codes), in seq order: a re-drive's input."""
-    async for row in ledger.outcomes(run_id, statuses=statuses, codes=codes, stream=stream):
-        values = dict(row.source_row) if isinstance(row.source_row, Mapping) else {}
-        yield SourceRow(seq=row.seq, values=values)
