@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from syncengine.model import JSON
 from syncengine.sandbox.options import SandboxOptions
 
-__all__ = ["FULL_SCOPE", "Grant", "TokenAnswer", "TokenBook", "scope_allows"]
+__all__ = ["FULL_SCOPE", "Grant", "TokenBook", "http_status", "is_denied", "scope_allows"]
 
 FULL_SCOPE = "ZohoCRM.modules.ALL,ZohoCRM.settings.ALL,ZohoCRM.coql.READ"  # what static tokens may do
 _ACCESS_DENIED: dict[str, JSON] = {
@@ -40,14 +40,17 @@ _ACCESS_DENIED_LOCALIZED: dict[str, JSON] = {
 }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TokenAnswer:
-    """The token endpoint's answer: HTTP status, JSON body, and what happened."""
+_DENIED_ERRORS = frozenset({_ACCESS_DENIED["error"], _ACCESS_DENIED_LOCALIZED["error"]})
 
-    status: int
-    body: dict[str, JSON]
-    issued: bool = False
-    denied: bool = False  # "Access Denied" (the refresh limit or its lockout)
+
+def is_denied(body: Mapping[str, JSON]) -> bool:
+    """Whether a token-endpoint body is "Access Denied" (in any language)."""
+    return body.get("error") in _DENIED_ERRORS
+
+
+def http_status(body: Mapping[str, JSON]) -> int:
+    """The HTTP status of a token-endpoint body: 200, as Zoho's, but 400 for a ``"status": "failure"``."""
+    return 400 if body.get("status") == "failure" else 200
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,22 +119,22 @@ class TokenBook:
         static.update({tok: Grant(scopes=_scopes(sc), expires_at=None) for tok, sc in options.scoped_tokens})
         self._static = static
 
-    def grant(self, params: Mapping[str, str], api_domain: str) -> TokenAnswer:
-        """Answer a token request. Errors are bodies too, HTTP 200 as Zoho's (but see ``_denied``)."""
+    def grant(self, params: Mapping[str, str], api_domain: str) -> tuple[dict[str, JSON], bool]:
+        """Answer a token request: (body, whether a token was issued). Errors are bodies too (``http_status``)."""
         opts = self._options
         if params.get("grant_type") != "refresh_token":
-            return TokenAnswer(status=200, body={"error": "unsupported_grant_type"})
+            return {"error": "unsupported_grant_type"}, False
         if params.get("client_id") != opts.client_id or params.get("client_secret") != opts.client_secret:
-            return TokenAnswer(status=200, body={"error": "invalid_client"})
+            return {"error": "invalid_client"}, False
         refresh = params.get("refresh_token", "")
         if refresh != opts.refresh_token:
-            return TokenAnswer(status=200, body={"error": "invalid_code"})
+            return {"error": "invalid_code"}, False
         now = time.monotonic()
         recent = self._recent.setdefault(refresh, deque())
         while recent and recent[0] <= now - opts.refresh_window:
             recent.popleft()
         if self._locked_until.get(refresh, 0.0) > now or (opts.refresh_limit and len(recent) >= opts.refresh_limit):
-            return self._denied(refresh, now)
+            return self._denied(refresh, now), False
         recent.append(now)
         domain = opts.api_domain or api_domain
         token = "1000." + secrets.token_hex(16) + "." + secrets.token_hex(16)
@@ -152,9 +155,9 @@ class TokenBook:
             "token_type": "Bearer",
             "expires_in": max(1, round(opts.token_ttl)),
         }
-        return TokenAnswer(status=200, body=body, issued=True)
+        return body, True
 
-    def _denied(self, refresh: str, now: float) -> TokenAnswer:
+    def _denied(self, refresh: str, now: float) -> dict[str, JSON]:
         """ "Access Denied", as the options shape it; a lockout (re)starts now."""
         opts = self._options
         if opts.refresh_lockout:
@@ -163,9 +166,8 @@ class TokenBook:
         localized = bool(opts.access_denied_localized) and self._denials % 2 == 0
         body = dict(_ACCESS_DENIED_LOCALIZED if localized else _ACCESS_DENIED)
         if opts.access_denied_400:
-            body["status"] = "failure"
-            return TokenAnswer(status=400, body=body, denied=True)
-        return TokenAnswer(status=200, body=body, denied=True)
+            body["status"] = "failure"  # and HTTP 400 (``http_status``)
+        return body
 
     def check(self, token: str) -> Grant | None:
         """The grant of a live token, or None (unknown, expired or evicted)."""

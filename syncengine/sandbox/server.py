@@ -31,7 +31,7 @@ import orjson
 from aiohttp import web
 
 from syncengine.model import JSON
-from syncengine.sandbox.auth import Grant, TokenBook
+from syncengine.sandbox.auth import Grant, TokenBook, http_status, is_denied
 from syncengine.sandbox.bodies import MAX_RECORDS, touched
 from syncengine.sandbox.dispatch import Call, Context, dispatch, prepare, refuse, shape
 from syncengine.sandbox.envelopes import Reply, request_error
@@ -222,15 +222,15 @@ class Sandbox:
             if high > 0:
                 # A small delay, so overlapping refreshes are observable in max_concurrent_refreshes.
                 await asyncio.sleep(self._token_rng.uniform(low, high) / 1000)
-            answer = self._tokens.grant(params, self.url)
-            if answer.issued:
+            body, issued = self._tokens.grant(params, self.url)
+            if issued:
                 stats.refreshes += 1
-            elif answer.denied:
+            elif is_denied(body):
                 stats.refresh_denied += 1
             else:
                 stats.token_errors += 1
             # Zoho's accounts server answers errors with HTTP 200 ("Access Denied": see auth.py).
-            return web.Response(body=orjson.dumps(answer.body), status=answer.status, content_type=_JSON)
+            return web.Response(body=orjson.dumps(body), status=http_status(body), content_type=_JSON)
         finally:
             stats.token_in_flight -= 1
 
