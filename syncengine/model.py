@@ -71,7 +71,9 @@ class Target:
     related_module: str | None = None
     parent_match_field: str | None = None
     duplicate_check_fields: tuple[str, ...] = ()
-    fields: tuple[str, ...] = ()  # the CRM fields the stream maps: a relink after a delink clears the others
+    # The CRM fields the stream maps (a relink after a delink clears those it does not set). Not part of the
+    # target's identity: the batcher hashes targets per change, and a stream has one field list.
+    fields: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def is_related(self) -> bool:

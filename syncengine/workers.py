@@ -192,41 +192,10 @@ class Worker:
             call = build_call(sub, self._settings.api_base, trigger=self._settings.trigger)
             result = await self._sender.send(sub, call, stream, journal=self._journal_of(stream, pending))
             book.add(pending, result.calls)
-            if isinstance(result, Planned):
-                message = "dry run: request written, not sent"
-                await self._emit(pending, book, started, status=Status.SKIPPED, code="DRY_RUN", message=message)
-                return
-            if isinstance(result, GaveUp):
-                await self._emit(
-                    pending,
-                    book,
-                    started,
-                    status=Status.FAILED,
-                    code=result.code,
-                    message=result.message,
-                    http_status=result.http_status,
-                )
+            if not isinstance(result, Sent) or isinstance(result.verdict, Refused):
+                await self._settle_call(payload, pending, result, started, book)
                 return
             verdict = result.verdict
-            if isinstance(verdict, Refused):
-                if len(pending) > 1 and _bisectable(payload, verdict):
-                    # One bad record can make Zoho refuse the whole body: split to isolate it.
-                    half = len(pending) // 2
-                    await self._send(payload, pending[:half], started, book)
-                    await self._send(payload, pending[half:], started, book)
-                    return
-                status = Status.REJECTED if verdict.action is Action.REJECT else Status.FAILED
-                await self._emit(
-                    pending,
-                    book,
-                    started,
-                    status=status,
-                    code=verdict.code,
-                    message=verdict.message,
-                    http_status=verdict.http_status,
-                    details=verdict.details,
-                )
-                return
             # Only the first round's records can have been applied by an earlier process: a later round
             # re-sends records this process saw locked, which is proof they were not.
             earlier = self._settings.possibly_sent if round_ == 0 else None
@@ -243,6 +212,44 @@ class Worker:
                 await self._sender.pause(self._policy.backoff(round_))  # a stop ends it: the rest stays pending
         await self._emit(
             pending, book, started, status=Status.FAILED, code=last_code, message=last_message, http_status=last_status
+        )
+
+    async def _settle_call(
+        self,
+        payload: Payload,
+        pending: list[PayloadItem],
+        result: Sent | GaveUp | Planned,
+        started: float,
+        book: _Ledger,
+    ) -> None:
+        """A call with no per-record answer: a dry run's, one that gave up, or one refused as a whole."""
+        if isinstance(result, Planned):
+            message = "dry run: request written, not sent"
+            await self._emit(pending, book, started, status=Status.SKIPPED, code="DRY_RUN", message=message)
+            return
+        if isinstance(result, GaveUp):
+            code, message, status = result.code, result.message, result.http_status
+            await self._emit(
+                pending, book, started, status=Status.FAILED, code=code, message=message, http_status=status
+            )
+            return
+        verdict = result.verdict
+        assert isinstance(verdict, Refused)
+        if len(pending) > 1 and _bisectable(payload, verdict):
+            # One bad record can make Zoho refuse the whole body: split to isolate it.
+            half = len(pending) // 2
+            await self._send(payload, pending[:half], started, book)
+            await self._send(payload, pending[half:], started, book)
+            return
+        await self._emit(
+            pending,
+            book,
+            started,
+            status=Status.REJECTED if verdict.action is Action.REJECT else Status.FAILED,
+            code=verdict.code,
+            message=verdict.message,
+            http_status=verdict.http_status,
+            details=verdict.details,
         )
 
     def _journal_of(self, stream: str, items: Sequence[PayloadItem]) -> Callable[[], object] | None:

@@ -145,7 +145,12 @@ def test_full_config_round_trip(tmp_path: Path) -> None:
     assert contacts.source.path == tmp_path.resolve() / "exports" / "contacts.csv"
     assert (contacts.source.delimiter, contacts.source.quotechar, contacts.source.empty) == (";", "'", "null")
     assert contacts.source.encoding == "cp1252"
-    assert contacts.target == Target(operation=Operation.UPDATE, module="Contacts", match_field="External_Contact_ID")
+    assert contacts.target == Target(
+        operation=Operation.UPDATE,
+        module="Contacts",
+        match_field="External_Contact_ID",
+        fields=("Last_Name", "Email", "Annual_Revenue", "Lead_Source", "Tags", "Since"),
+    )
     assert contacts.match == KeyConfig(column="erp_id", field="External_Contact_ID")
     assert contacts.parent is None
     assert contacts.fields == (
@@ -166,6 +171,7 @@ def test_full_config_round_trip(tmp_path: Path) -> None:
         related_list="Deals",
         related_module="Deals",
         parent_match_field="External_Contact_ID",
+        fields=("Contact_Role",),
     )
     assert related.parent == KeyConfig(column="contact_erp_id", field="External_Contact_ID")
     assert related.match == KeyConfig(column="deal_id", field=None)

@@ -230,18 +230,8 @@ def _stream(file: str, index: int, data: dict[str, object], base: Path) -> Strea
     source = _source(table, base)
     match = _key(table, "match")
 
-    parent: KeyConfig | None = None
-    related_list = related_module = None
-    if related:
-        related_list = table.string(
-            "related_list", f"a related list API name ({operation.value} needs one)", pattern=_API_NAME
-        )
-        related_module = table.optional_string("related_module", "a module API name", _API_NAME)
-        related_module = related_module or related_list
-        if "parent" not in table:
-            raise table.missing("parent", f"a parent key table ({operation.value} needs one)")
-        parent = _key(table, "parent")
-    else:
+    related_list, related_module, parent = _related(table, operation) if related else (None, None, None)
+    if not related:
         for key in ("parent", "related_list", "related_module"):
             if key in table:
                 raise table.error(key, f"nothing: {key} is only for update_related and delete_related")
@@ -266,19 +256,7 @@ def _stream(file: str, index: int, data: dict[str, object], base: Path) -> Strea
         fields=tuple(f.field for f in fields),
     )
     linger_ms = table.number("linger_ms", "a number of milliseconds >= 0", low=0, inclusive=True)
-    delete_when = None
-    if "delete_when" in table:
-        if operation is not Operation.UPDATE_RELATED:
-            raise table.error("delete_when", "nothing: delete_when is only for update_related streams")
-        when = table.table("delete_when", _DELETE_WHEN_KEYS)
-        values = when.strings(
-            "values", 'an array of cell values that mean deleted, e.g. ["true", "1"]', re.compile(r".+")
-        )
-        delete_when = DeleteWhen(
-            column=when.string("column", "the source column that marks a deleted relation"),
-            values=frozenset(v.strip().lower() for v in values),
-            target=replace(target, operation=Operation.DELETE_RELATED),
-        )
+    delete_when = _delete_when(table, target)
     max_deletes = table.integer("max_deletes", 0, None, -1)
     return StreamConfig(
         name=name,
@@ -291,6 +269,32 @@ def _stream(file: str, index: int, data: dict[str, object], base: Path) -> Strea
         linger=(200.0 if linger_ms is None else linger_ms) / 1000,
         max_deletes=None if max_deletes < 0 else max_deletes,
         delete_when=delete_when,
+    )
+
+
+def _related(table: Table, operation: Operation) -> tuple[str, str, KeyConfig]:
+    """A related operation's related list, related module and parent key."""
+    related_list = table.string(
+        "related_list", f"a related list API name ({operation.value} needs one)", pattern=_API_NAME
+    )
+    related_module = table.optional_string("related_module", "a module API name", _API_NAME) or related_list
+    if "parent" not in table:
+        raise table.missing("parent", f"a parent key table ({operation.value} needs one)")
+    return related_list, related_module, _key(table, "parent")
+
+
+def _delete_when(table: Table, target: Target) -> DeleteWhen | None:
+    """update_related only: rows whose column says so become delinks of the same relation."""
+    if "delete_when" not in table:
+        return None
+    if target.operation is not Operation.UPDATE_RELATED:
+        raise table.error("delete_when", "nothing: delete_when is only for update_related streams")
+    when = table.table("delete_when", _DELETE_WHEN_KEYS)
+    values = when.strings("values", 'an array of cell values that mean deleted, e.g. ["true", "1"]', re.compile(r".+"))
+    return DeleteWhen(
+        column=when.string("column", "the source column that marks a deleted relation"),
+        values=frozenset(v.strip().lower() for v in values),
+        target=replace(target, operation=Operation.DELETE_RELATED),
     )
 
 
