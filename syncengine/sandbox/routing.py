@@ -109,6 +109,17 @@ def _segments(tail: str, raw_tail: str | None, reject_encoded: bool) -> list[str
     return segs
 
 
+def _unscoped(rest: list[str], method: str) -> Route | Reply:
+    """The calls that name no module in the path: ``POST /coql`` and ``GET /settings/...``."""
+    if rest == ["coql"]:
+        return Route(kind="coql") if method == "POST" else _invalid_method()
+    if len(rest) != 2 or rest[1] not in _SETTINGS:
+        return _invalid_url()
+    if method != "GET":
+        return _invalid_method()
+    return Route(kind="metadata", settings=_SETTINGS[rest[1]])
+
+
 def route(
     schema: Schema,
     method: str,
@@ -128,14 +139,8 @@ def route(
     if len(segs) < 2 or not _VERSION.match(segs[0]) or "" in segs:
         return _invalid_url()
     rest = segs[1:]
-    if rest == ["coql"]:
-        return Route(kind="coql") if method == "POST" else _invalid_method()
-    if rest[0] == "settings":
-        if len(rest) != 2 or rest[1] not in _SETTINGS:
-            return _invalid_url()
-        if method != "GET":
-            return _invalid_method()
-        return Route(kind="metadata", settings=_SETTINGS[rest[1]])
+    if rest == ["coql"] or rest[0] == "settings":
+        return _unscoped(rest, method)
     spec = schema.module(rest[0])
     if spec is None:
         return request_error(
