@@ -59,24 +59,24 @@ async def wait_until(check: Callable[[], bool], limit: float = 30.0) -> None:
 async def start_watch(config: Path, dsn: str, log: Path) -> tuple[Process, str]:
     """Start `syncengine watch`; returns the process and its metrics URL (read from its output)."""
     env = {**os.environ, **CREDENTIALS, "ERP_DSN": dsn}
-    handle = log.open("wb")
-    process = await anyio.open_process(
-        [
-            sys.executable,
-            "-m",
-            "syncengine",
-            "--json-logs",
-            "watch",
-            str(config),
-            "--interval",
-            "0.2",
-            "--metrics-port",
-            "0",
-        ],
-        env=env,
-        stdout=handle,
-        stderr=handle,
-    )
+    with log.open("wb") as handle:  # the process writes to its own copy of the descriptor
+        process = await anyio.open_process(
+            [
+                sys.executable,
+                "-m",
+                "syncengine",
+                "--json-logs",
+                "watch",
+                str(config),
+                "--interval",
+                "0.2",
+                "--metrics-port",
+                "0",
+            ],
+            env=env,
+            stdout=handle,
+            stderr=handle,
+        )
     with anyio.fail_after(30):
         while not (found := re.search(rb"Metrics at (http://[0-9.:]+)/metrics", log.read_bytes())):
             await anyio.sleep(0.1)

@@ -54,7 +54,7 @@ async def test_dropped_connection_may_have_been_sent() -> None:
 
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with anyio.create_task_group() as tg:
+    async with listener, anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, handle)
         async with Transport(timeout=5, max_connections=2) as transport:
             with pytest.raises(TransportError) as info:
@@ -74,7 +74,7 @@ async def test_timeout_may_have_been_sent() -> None:
 
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with anyio.create_task_group() as tg:
+    async with listener, anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, handle)
         async with Transport(timeout=0.3, max_connections=2) as transport:
             with pytest.raises(TransportError) as info:

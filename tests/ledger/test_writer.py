@@ -94,6 +94,7 @@ async def test_cancelling_the_task_group_still_commits_everything_handed_over(tm
             for i in range(1700, 1750):
                 send.send_nowait(outcome(i))
             tg.cancel_scope.cancel()
+        send.close()  # the test's end of the stream: the writer closes only its own
         seqs = await ledger.terminal_seqs(run_id, "contacts")
     assert list(seqs.ranges()) == [(0, 1749)] and writer.written == 1750
 
@@ -110,7 +111,7 @@ async def test_a_failing_stage_cancels_the_writer_and_its_batch_is_kept(tmp_path
             raise RuntimeError("a stage failed")
 
         writer = LedgerWriter(ledger, run_id, batch_size=500, max_delay=60)
-        with pytest.raises(ExceptionGroup) as caught:
+        with send, pytest.raises(ExceptionGroup) as caught:  # send is closed after the writer stopped
             async with anyio.create_task_group() as tg:
                 tg.start_soon(writer.run, receive)
                 tg.start_soon(producer)
@@ -124,7 +125,7 @@ async def test_a_ledger_error_stops_the_writer_and_closes_its_stream(tmp_path: P
     async with SqliteLedger(tmp_path / "ledger.db") as ledger:
         send, receive = stream(10)
         writer = LedgerWriter(ledger, 404, batch_size=2, max_delay=60)  # no run 404: every append fails
-        with pytest.raises(ExceptionGroup) as caught:
+        with send, pytest.raises(ExceptionGroup) as caught:  # send is closed after the writer stopped
             async with anyio.create_task_group() as tg:
                 tg.start_soon(writer.run, receive)
                 with pytest.raises(anyio.BrokenResourceError):

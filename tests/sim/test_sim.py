@@ -88,6 +88,8 @@ def run_and_check(spec: Spec) -> None:
         _fail(_failed[text])
 
 
+# About a second a scenario on a busy two-core machine: allow three, and the shrink budget (the default is 300 s).
+@pytest.mark.timeout(300 + 3 * SCENARIOS + SHRINK_SECONDS)
 @settings(
     max_examples=SCENARIOS,
     deadline=None,
@@ -129,6 +131,7 @@ def _seeds(text: str) -> range:
 
 
 @pytest.mark.skipif(not os.environ.get("SIM_SEEDS"), reason="set SIM_SEEDS=a-b to sweep seeded scenarios")
+@pytest.mark.timeout(300 + 3 * len(_seeds(os.environ.get("SIM_SEEDS") or "0")))
 def test_seeded_scenarios_keep_every_promise() -> None:
     """Every seed in SIM_SEEDS (a-b) keeps every promise; lists each failing seed with its first violations."""
     failing: list[str] = []
