@@ -51,13 +51,15 @@ class InDoubt:
     """
 
     groups: dict[int, tuple[int, ...]] = field(default_factory=dict)  # seq -> the seqs merged with it
-    calls: dict[int, int] = field(default_factory=dict)  # seq -> the last call that carried it
-    keys: dict[str, int] = field(default_factory=dict)  # parent NUL key -> the last call (database streams)
+    calls: dict[int, set[int]] = field(default_factory=dict)  # seq -> every call that carried it
+    keys: dict[str, set[int]] = field(default_factory=dict)  # parent NUL key -> its calls (database streams)
 
-    def call_of(self, change: Change) -> int | None:
-        """The journaled call that may have applied this change before the last process died, if any."""
+    def calls_of(self, change: Change) -> frozenset[int]:
+        """The journaled calls (of earlier processes of the run) that may have applied this change."""
         found = self.calls.get(change.seq)
-        return found if found is not None else self.keys.get(change.record_key)
+        if found is None:
+            found = self.keys.get(change.record_key)
+        return frozenset(found) if found else frozenset()
 
     @classmethod
     def build(cls, dispatches: Sequence[Dispatch], done: SeqSet, *, by_key: bool) -> InDoubt:
@@ -69,17 +71,17 @@ class InDoubt:
         """
         doubt = cls()
         per_key: dict[str, set[int]] = {}
-        for call in dispatches:  # oldest first: a later call of the same change wins
+        for call in dispatches:
             for key, seqs in call.records:
                 open_seqs = [s for s in seqs if s not in done]
                 if not open_seqs:
                     continue
                 if by_key:
-                    doubt.keys[key] = call.id
+                    doubt.keys.setdefault(key, set()).add(call.id)
                     continue
                 per_key.setdefault(key, set()).update(open_seqs)
                 for seq in open_seqs:
-                    doubt.calls[seq] = call.id
+                    doubt.calls.setdefault(seq, set()).add(call.id)
         for merged in per_key.values():
             group = tuple(sorted(merged))
             for seq in group:
@@ -123,10 +125,10 @@ class Plan:
             skip=self.skip.get(stream), in_doubt=self.in_doubt.get(stream), superseded=self.superseded.get(stream)
         )
 
-    def possibly_sent(self, change: Change) -> int | None:
-        """The call of an earlier process of this run that may have applied ``change`` (None: never sent)."""
+    def possibly_sent(self, change: Change) -> frozenset[int]:
+        """The calls of earlier processes of this run that may have applied ``change`` (none: never sent)."""
         doubt = self.in_doubt.get(change.stream)
-        return doubt.call_of(change) if doubt is not None else None
+        return doubt.calls_of(change) if doubt is not None else frozenset()
 
 
 async def finished_rows(ledger: SqliteLedger, stream: StreamConfig, run_id: int) -> set[tuple[bytes, bytes]]:

@@ -250,6 +250,8 @@ class Sender:
             while True:
                 response, token = await self._try(call, cost, is_complex(target, count), tries, journal)
                 if isinstance(response, TransportError):
+                    if not response.maybe_sent:
+                        self._credits.refund(cost)  # it never reached Zoho: nothing was charged
                     if not response.retryable:
                         raise response
                     tries.ambiguous |= response.maybe_sent
@@ -283,9 +285,11 @@ class Sender:
         before); only the waits between tries end at a stop.
         """
         await self.outage.admit(tries, self.stopping)
-        if not self._credits.spend(cost):
-            raise BudgetReached(f"credit budget {self._credits.budget} reached")
+        if tries.calls and self.stopping is not None and self.stopping.is_set():
+            raise Stopping("stopping: no new try starts")  # the first try of a taken payload still goes out
         token = await self._tokens.token() if self._tokens is not None else ""
+        if not self._credits.spend(cost):  # after the token: a try that cannot start costs nothing
+            raise BudgetReached(f"credit budget {self._credits.budget} reached")
         headers = dict(call.headers)
         if token:
             headers["Authorization"] = f"Zoho-oauthtoken {token}"

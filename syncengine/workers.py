@@ -66,7 +66,7 @@ class WorkerSettings:
     policy: RetryPolicy
     persistent: bool = False  # watch: outages are waited out, never the end of the run
     # A resumed run: the journaled call of the killed process that may have applied a change, if any.
-    possibly_sent: Callable[[Change], int | None] | None = None
+    possibly_sent: Callable[[Change], frozenset[int]] | None = None
     journal: Journal | None = None  # records each call right before it goes out (None: a dry run)
 
 
@@ -396,14 +396,14 @@ def _removed_earlier(
     verdict: Records,
     *,
     ambiguous: bool,
-    earlier: Callable[[Change], int | None] | None,
+    earlier: Callable[[Change], frozenset[int]] | None,
 ) -> set[int]:
     """The delinks answered "relation not found" that an earlier try may really have removed (``id(item)``).
 
     An earlier try counts only if it may have reached the CRM (this call retried after a drop or a 5xx, or a
     journaled call of a killed process carried the change) and nothing shows it was not applied: when the
-    answer removed a relation that the earlier try carried too, that try removed nothing, so a "not found"
-    beside it is the CRM's real answer.
+    answer removed a relation that an earlier call carried too, that call removed nothing (Zoho applies a
+    call whole), so a "not found" beside it is the CRM's real answer unless another earlier call carried it.
     """
     if payload.target.operation is not Operation.DELETE_RELATED or not (ambiguous or earlier is not None):
         return set()
@@ -412,12 +412,11 @@ def _removed_earlier(
     # Retries of this call carried exactly these records: one removed now means none was removed before.
     this_call = ambiguous and not removed_now
     calls = {id(item): earlier(item.changes[0]) for item, _ in results} if earlier is not None else {}
-    disproved = {calls[id(item)] for item in removed_now if calls.get(id(item)) is not None}
+    disproved = frozenset().union(*(calls.get(id(item), frozenset()) for item in removed_now))
     return {
         id(item)
         for item, record in results
-        if relation_not_found(record)
-        and (this_call or (calls.get(id(item)) is not None and calls[id(item)] not in disproved))
+        if relation_not_found(record) and (this_call or bool(calls.get(id(item), frozenset()) - disproved))
     }
 
 

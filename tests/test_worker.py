@@ -134,7 +134,7 @@ async def run(
     sender: Sends,
     *,
     max_items: int = 100,
-    possibly_sent: Callable[[Change], int | None] | None = None,
+    possibly_sent: Callable[[Change], frozenset[int]] | None = None,
     journal: list[tuple[str, list[tuple[str, list[int]]]]] | None = None,
 ) -> Result:
     """Feed ``changes`` through a real Batcher to one Worker; every outcome it sends, and the run's stops."""
@@ -341,7 +341,7 @@ async def test_relation_not_found_is_success_only_when_an_earlier_try_may_have_r
     have been applied and no record of that same try was removed now; otherwise the CRM's REJECTED stands."""
     by_key = {"D-1": answers[0], "D-2": answers[1]}
     sender = ScriptedSender(per_record(lambda item: by_key[item.key], ambiguous=ambiguous))
-    possibly_sent = None if journaled is None else (lambda c: journaled.get(c.key))
+    possibly_sent = None if journaled is None else (lambda c: frozenset({journaled[c.key]}))
     result = await run(
         [change(1, "D-1", UNLINK, "P-1"), change(2, "D-2", UNLINK, "P-1")], sender, possibly_sent=possibly_sent
     )
