@@ -10,13 +10,44 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import math
+import random
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import anyio
 from aiolimiter import AsyncLimiter
 
-__all__ = ["AdaptiveLimit", "CreditMeter", "Limits"]
+__all__ = ["Backoff", "AdaptiveLimit", "CreditMeter", "Limits"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backoff:
+    """The one backoff of the engine: exponential with full jitter, bounded per wait and in total.
+
+    The sender's retries (``RetryPolicy``), the token fetch and a watch's outage wait all use it, each with its
+    own numbers: ``wait(n)`` is uniform in [0, min(maximum, initial * 2**n)], and ``waits()`` yields the waits
+    of ``attempts`` tries (none before the first) until their sum would pass ``total``.
+    """
+
+    initial: float = 0.25  # seconds
+    maximum: float = 30.0
+    attempts: int = 8
+    total: float = math.inf  # seconds of waiting, over all the tries
+
+    def wait(self, attempt: int) -> float:
+        return random.uniform(0.0, min(self.maximum, self.initial * 2.0**attempt))
+
+    def waits(self) -> Iterator[float]:
+        """0 before the first try, then one wait before each further try, within ``total``."""
+        spent = 0.0
+        for attempt in range(self.attempts):
+            wait = self.wait(attempt) if attempt else 0.0
+            if spent + wait > self.total:
+                return
+            spent += wait
+            yield wait
 
 
 class AdaptiveLimit:

@@ -29,7 +29,7 @@ from syncengine.errors import (
     StreamHalted,
     TransportError,
 )
-from syncengine.limits import CreditMeter, Limits
+from syncengine.limits import Backoff, CreditMeter, Limits
 from syncengine.model import Payload
 
 __all__ = ["CallStats", "GaveUp", "Journal", "Outage", "RetryPolicy", "Sender", "Sent", "Stopping", "wait_any"]
@@ -53,8 +53,8 @@ class RetryPolicy:
     probe_interval: float = 0.5  # seconds between tries of a CRM that answers nobody (never above the backoff)
 
     def backoff(self, attempt: int) -> float:
-        """Exponential backoff with full jitter: uniform in [0, min(max, initial * 2**attempt)]."""
-        return random.uniform(0.0, min(self.wait_max, self.wait_initial * 2.0**attempt))
+        """The engine's one backoff (``limits.Backoff``): uniform in [0, min(max, initial * 2**attempt)]."""
+        return Backoff(initial=self.wait_initial, maximum=self.wait_max).wait(attempt)
 
     def probe(self) -> float:
         """The wait before the next probe of a CRM that is down: ``probe_interval`` with jitter."""

@@ -10,7 +10,6 @@ sender writes the call instead (``dryrun.py``). Everything that stops more than 
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,6 +35,7 @@ from syncengine.errors import (
     TransportError,
 )
 from syncengine.ledger.writer import send_all
+from syncengine.limits import Backoff
 from syncengine.model import JSON, Change, Operation, Outcome, Payload, PayloadItem, Status, Target
 from syncengine.sender import CallStats, GaveUp, Journal, RetryPolicy, Sent, Stopping
 
@@ -176,7 +176,7 @@ class Worker:
                     log.warning("syncengine.outage_waiting", reason=str(outage), wait_s=0.0)
                     continue
                 cap = 300.0 if isinstance(outage, CreditsExhausted) else 4 * self._policy.probe_interval
-                wait = random.uniform(0.5, 1.0) * min(cap, 2.0**outages)
+                wait = Backoff(initial=1.0, maximum=cap).wait(outages)
                 log.warning("syncengine.outage_waiting", reason=str(outage), wait_s=round(wait, 1))
                 with anyio.move_on_after(wait):
                     await self._batcher.stopping.wait()

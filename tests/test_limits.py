@@ -8,7 +8,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from syncengine.limits import AdaptiveLimit, CreditMeter
+from syncengine.limits import AdaptiveLimit, Backoff, CreditMeter
 
 
 class FakeClock:
@@ -142,3 +142,15 @@ def test_the_credit_meter_refuses_what_would_exceed_the_budget_and_takes_refunds
     assert meter.spend(3) and not meter.spend(3) and meter.spent == 3
     meter.refund(3)
     assert meter.spend(5) and meter.spent == 5 and meter.take() == 5 and meter.take() == 0
+
+
+def test_backoff_waits_grow_stay_under_their_cap_and_stop_at_the_total() -> None:
+    """The one backoff: no wait before the first try, full jitter under min(maximum, initial * 2**n), and no
+    further try once the waits would pass the total."""
+    backoff = Backoff(initial=1.0, maximum=4.0, attempts=50, total=20.0)
+    for _ in range(50):
+        waits = list(backoff.waits())
+        assert waits[0] == 0.0
+        assert all(0.0 <= w <= min(4.0, 2.0**n) for n, w in enumerate(waits[1:], start=1))
+        assert sum(waits) <= 20.0 and len(waits) < 50  # 49 waits of up to 4 s would pass 20 s
+    assert len(list(Backoff(attempts=3).waits())) == 3

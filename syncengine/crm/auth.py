@@ -8,7 +8,6 @@ been replaced simply uses the new one.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -19,6 +18,7 @@ import structlog
 
 from syncengine.crm.transport import HttpResponse
 from syncengine.errors import AuthError, SecretsError, TransportError
+from syncengine.limits import Backoff
 
 __all__ = ["Credentials", "TokenProvider"]
 
@@ -55,6 +55,7 @@ class TokenProvider:
         *,
         refresh_margin: float = 300.0,
         attempts: int = 5,
+        backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._transport = transport
@@ -63,6 +64,8 @@ class TokenProvider:
         self._margin = refresh_margin
         self._effective_margin = refresh_margin
         self._attempts = attempts
+        # The accounts server's own trouble: a few tries, at most about half a minute of waiting in all.
+        self._backoff = backoff or Backoff(initial=0.5, maximum=8.0, attempts=attempts, total=30.0)
         self._clock = clock
         self._lock = anyio.Lock()
         self._token: str | None = credentials.access_token
@@ -124,9 +127,8 @@ class TokenProvider:
             "refresh_token": c.refresh_token or "",
         }
         trouble = ""
-        for attempt in range(self._attempts):
-            if attempt:
-                await anyio.sleep(random.uniform(0.0, min(8.0, 0.5 * 2.0**attempt)))
+        for wait in self._backoff.waits():
+            await anyio.sleep(wait)
             started = self._clock()
             try:
                 response = await self._transport.request("POST", self._token_url, headers={}, form=form)
@@ -156,7 +158,7 @@ class TokenProvider:
             log.info("syncengine.token_refreshed", expires_in=round(lifetime))
             return token
         raise TransportError(
-            self._token_url, f"token refresh failed {self._attempts} times: {trouble}", maybe_sent=False
+            self._token_url, f"token refresh failed after {self._backoff.attempts} tries: {trouble}", maybe_sent=False
         )
 
 
