@@ -94,7 +94,6 @@ class GaveUp:
     ambiguous: bool
 
 
-Send = Callable[[Call], Awaitable[HttpResponse]]
 # Journals a call before it goes out: (stream, per record its key and the seqs merged into it) -> call id.
 Journal = Callable[[str, Sequence[tuple[str, Sequence[int]]]], int]
 

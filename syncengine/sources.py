@@ -35,7 +35,16 @@ from syncengine.plan import Plan, Redrive, Source, finished_rows, row_mark
 from syncengine.readers import IDLE, Reader, Row, SourceRow, open_reader
 from syncengine.readers.sql import Position, SqlRow
 
-__all__ = ["FileSource", "RedriveSource", "StreamSource", "TableSource", "fingerprint", "source_of"]
+__all__ = [
+    "FileSource",
+    "RedriveSource",
+    "Rows",
+    "StreamSource",
+    "TableSource",
+    "fingerprint",
+    "follow_table",
+    "source_of",
+]
 
 _log = structlog.get_logger("syncengine.sources")
 
@@ -138,7 +147,7 @@ class TableSource:
                 return row_mark(source, row.values) in finished
 
             skip = finished_before if finished else None
-            async for item in _follow_table(table, since=since, interval=watch, done=skip):
+            async for item in follow_table(table, since=since, interval=watch, done=skip):
                 yield item
             return
         offset = plan.seq_offsets.get(name, 0)
@@ -213,7 +222,7 @@ async def _follow_file(source: SourceConfig, *, interval: float) -> Rows:
         await anyio.sleep(interval)
 
 
-async def _follow_table(
+async def follow_table(
     open_table: Callable[[Position | None], Reader],
     *,
     since: Position | None,
@@ -248,6 +257,3 @@ async def _follow_table(
             done = None  # caught up: every row read from here on is newer than what the last watch saw
         yield IDLE
         await anyio.sleep(interval)
-
-
-follow_table = _follow_table  # for tests that drive a follower alone
