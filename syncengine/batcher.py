@@ -22,7 +22,7 @@ import anyio
 
 from syncengine.model import JSON, Change, Operation, Payload, PayloadItem, Target
 
-__all__ = ["Batcher"]
+__all__ = ["Batcher", "net_start"]
 
 OrderKey = tuple[str, str | None, str]
 Endpoint = tuple[str, Target, str | None]  # (stream, target, parent): one HTTP call's worth
@@ -44,7 +44,7 @@ class _Bucket:
     changes: int = 0
 
 
-def _net_start(group: tuple[Change, ...]) -> int:
+def net_start(group: tuple[Change, ...]) -> int:
     """Where the changes that make a group's one record begin: after the last change of another kind.
 
     A group of one key's changes (``put_group``) may mix delinks and links of one relation (``delete_when``):
@@ -215,7 +215,7 @@ class Batcher:
             self._waiting.setdefault(key, deque()).append((group, max_items, linger))
             return
         endpoint: Endpoint = (change.stream, change.target, change.parent)
-        start = _net_start(group)
+        start = net_start(group)
         holder = self._open.get(key)
         if holder is not None:
             if holder.endpoint == endpoint and start == 0:

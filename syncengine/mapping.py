@@ -77,24 +77,11 @@ class Mapper:
         assert isinstance(row, SourceRow)
         values = row.values
         errors: list[tuple[str, str]] = []  # (code, message); the first code names the outcome
-
-        key = _key_of(values, self._key, self._by_id)
-        if type(key) is tuple:
-            errors.append(key)
-            key = ""
-        parent: str | None = None
-        if self._parent is not None:
-            found = _key_of(values, self._parent, self._parent_by_id)
-            if type(found) is tuple:
-                errors.append(("MISSING_PARENT" if found[0] == "MISSING_KEY" else found[0], found[1]))
-            else:
-                assert isinstance(found, str)
-                parent = found
+        key, parent = self._keys(values, errors)
 
         delete = self._delete
         if delete is not None and _flag(values.get(delete.column)) in delete.values:
             # A delink needs only the keys: the row's other cells do not matter.
-            assert isinstance(key, str)
             if errors:
                 return _invalid(stream, row.seq, key, parent, values, errors)
             return Change(
@@ -107,6 +94,38 @@ class Mapper:
                 source_row=values,
             )
 
+        fields = self._fields(values, errors)
+        if errors:
+            return _invalid(stream, row.seq, key, parent, values, errors)
+        return Change(
+            stream=stream.name,
+            seq=row.seq,
+            target=stream.target,
+            key=key,
+            parent=parent,
+            fields=fields,
+            source_row=values,
+        )
+
+    def _keys(self, values: dict[str, JSON], errors: list[tuple[str, str]]) -> tuple[str, str | None]:
+        """The record key and the parent key of a row ("" and None where missing: ``errors`` says why)."""
+        key = _key_of(values, self._key, self._by_id)
+        if type(key) is tuple:
+            errors.append(key)
+            key = ""
+        parent: str | None = None
+        if self._parent is not None:
+            found = _key_of(values, self._parent, self._parent_by_id)
+            if type(found) is tuple:
+                errors.append(("MISSING_PARENT" if found[0] == "MISSING_KEY" else found[0], found[1]))
+            else:
+                assert isinstance(found, str)
+                parent = found
+        assert isinstance(key, str)
+        return key, parent
+
+    def _fields(self, values: dict[str, JSON], errors: list[tuple[str, str]]) -> dict[str, JSON]:
+        """The CRM fields of a row: absent cells are not sent, nulls clear, bad values are ``errors``."""
         fields: dict[str, JSON] = dict(self._constants)
         for name, column, convert, required in self._columns:
             value = values.get(column)
@@ -130,19 +149,7 @@ class Mapper:
                 fields[name] = (convert or _string)(value)
             except (ValueError, TypeError, OverflowError):
                 errors.append(("BAD_VALUE", f"column {column!r}: {_show(value)} is not {_NOUNS[convert]}"))
-
-        assert isinstance(key, str)
-        if errors:
-            return _invalid(stream, row.seq, key, parent, values, errors)
-        return Change(
-            stream=stream.name,
-            seq=row.seq,
-            target=stream.target,
-            key=key,
-            parent=parent,
-            fields=fields,
-            source_row=values,
-        )
+        return fields
 
 
 def _flag(value: JSON) -> str:

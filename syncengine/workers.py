@@ -19,7 +19,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
-from syncengine.batcher import Batcher
+from syncengine.batcher import Batcher, net_start
 from syncengine.control import RunStops
 from syncengine.crm.requests import Call, build_call
 from syncengine.crm.responses import Action, Records, Refused, relation_not_found
@@ -36,7 +36,7 @@ from syncengine.errors import (
 )
 from syncengine.ledger.writer import send_all
 from syncengine.limits import Backoff
-from syncengine.model import JSON, Change, Operation, Outcome, Payload, PayloadItem, Status, Target
+from syncengine.model import JSON, Change, Operation, Outcome, Payload, PayloadItem, Status
 from syncengine.sender import CallStats, GaveUp, Journal, RetryPolicy, Sent, Stopping
 
 __all__ = ["RetryPolicy", "Sends", "Worker", "WorkerSettings"]
@@ -349,17 +349,16 @@ class Worker:
                 )
                 for change in item.changes
             )
-            last = item.changes[-1].target
-            if any(c.target is not last for c in item.changes):
-                outcomes[-len(item.changes) :] = [_superseded(o, last) for o in outcomes[-len(item.changes) :]]
+            start = net_start(item.changes)
+            if start:  # the changes before ``start`` were superseded by a later change of another kind
+                count = len(item.changes)
+                outcomes[-count : -count + start] = [_superseded(o) for o in outcomes[-count : -count + start]]
         await send_all(self._outcomes, outcomes)
 
 
-def _superseded(outcome: Outcome, last: Target) -> Outcome:
-    """A change of a record that a later change of another kind superseded (``batcher._net_start``): not sent
+def _superseded(outcome: Outcome) -> Outcome:
+    """A change of a record that a later change of another kind superseded (``batcher.net_start``): not sent
     itself. When the record went through, the CRM holds what the later change left: SKIPPED, SUPERSEDED."""
-    if outcome.change.target is last:
-        return outcome
     if outcome.status is not Status.SUCCESS:
         return replace(outcome, note=outcome.note or "not sent itself: a later change of this key superseded it")
     return replace(
@@ -375,8 +374,7 @@ def _superseded(outcome: Outcome, last: Target) -> Outcome:
 
 def _links_superseded(item: PayloadItem) -> bool:
     """A delink record that carries links of the same relation read before it (superseded by it)."""
-    last = item.changes[-1].target
-    return last.operation is Operation.DELETE_RELATED and any(c.target is not last for c in item.changes)
+    return item.changes[-1].target.operation is Operation.DELETE_RELATED and net_start(item.changes) > 0
 
 
 def _divisible(item: PayloadItem) -> bool:
