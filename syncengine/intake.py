@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 import anyio.lowlevel
@@ -26,7 +26,7 @@ from syncengine.ledger.chains import Chain
 from syncengine.ledger.checkpoints import Checkpoints
 from syncengine.ledger.writer import send_all
 from syncengine.mapping import to_change
-from syncengine.model import Change, Operation, Outcome
+from syncengine.model import JSON, Change, Operation, Outcome
 from syncengine.plan import StreamPlan
 from syncengine.progress import RunProgress
 from syncengine.readers import IDLE, BadRow, Row, SourceRow, SqlRow
@@ -67,7 +67,7 @@ class Intake:
         self._skip = plan.skip
         self._unchanged = unchanged  # None: no ledger to compare with (a dry run without one)
         self._in_doubt = plan.in_doubt if plan.in_doubt else None
-        self._superseded = plan.superseded or None  # a re-drive: seqs whose key a later change overtook
+        self._superseded = plan.superseded or None  # a re-drive: failed seqs a later change overtook
         self._doubt_held: dict[tuple[int, ...], list[Change]] = {}  # an in-doubt group, until it is complete
         self._per_call = max_items(stream.target, stream.batch_size)
         self._deletes = 0
@@ -160,13 +160,29 @@ class Intake:
     def _decide(self, change: Change, key: int | None, chains: dict[int, Chain]) -> tuple[Action, tuple[Change, ...]]:
         """What to do with one change: a re-drive's overtaken change, a resume's in-doubt group, or the rule."""
         if self._superseded is not None and change.seq in self._superseded:
-            return Action.SUPERSEDED, (change,)
+            return self._overtaken(change, self._superseded[change.seq])
         doubt = self._in_doubt.groups.get(change.seq) if self._in_doubt is not None else None
         if doubt is not None:
             return self._in_doubt_group(doubt, change, key)
         if self._unchanged is not None and key is not None:
             return self._unchanged.decide(change, key, chains.get(key))
         return Action.SEND, (change,)
+
+    def _overtaken(self, change: Change, later: list[JSON]) -> tuple[Action, tuple[Change, ...]]:
+        """A re-drive's failed change whose key later changes of its run were applied after: only the fields
+        none of them set are sent again, merged with theirs, so the CRM never goes back to an older row."""
+        fields: dict[str, JSON] = dict(change.fields)
+        newer: set[str] = set()
+        for values in later:
+            mapped = to_change(
+                self._stream, SourceRow(seq=change.seq, values=values if isinstance(values, dict) else {})
+            )
+            if isinstance(mapped, Change):
+                fields.update(mapped.fields)
+                newer.update(mapped.fields)
+        if set(change.fields) <= newer or change.target.operation is Operation.DELETE_RELATED:
+            return Action.SUPERSEDED, (change,)
+        return Action.SEND, (replace(change, fields=fields),)
 
     def _in_doubt_group(
         self, group: tuple[int, ...], change: Change, key: int | None

@@ -98,7 +98,8 @@ class StreamPlan:
 
     skip: SeqSet | None = None  # resume: seqs that already have a terminal outcome
     in_doubt: InDoubt | None = None  # resume: what the killed process may have sent
-    superseded: set[int] | None = None  # re-drive: failed changes whose key a later change overtook
+    # A re-drive: failed changes whose key a later change of the run overtook -> those later source rows.
+    superseded: Mapping[int, list[JSON]] | None = None
 
 
 @dataclass(slots=True)
@@ -118,7 +119,7 @@ class Plan:
     sources: dict[str, Source] = field(default_factory=dict)  # what each stream reads
     in_doubt: dict[str, InDoubt] = field(default_factory=dict)  # resume: what the last process may have sent
     retry_of: int | None = None  # a re-drive: the run whose failures it sends again
-    superseded: dict[str, set[int]] = field(default_factory=dict)  # re-drive: seqs a later change overtook
+    superseded: dict[str, dict[int, list[JSON]]] = field(default_factory=dict)  # re-drive: see StreamPlan
 
     def of(self, stream: str) -> StreamPlan:
         return StreamPlan(
@@ -188,14 +189,12 @@ async def make_plan(
     """Start a new run, or reopen the one to resume after checking its sources are unchanged."""
     if resume is not None:
         return await _resume(config, ledger, source_of, resume)
-    overtaken: dict[str, set[int]] = {}
+    overtaken: dict[str, dict[int, list[JSON]]] = {}
     if redrive is not None:
         before = await ledger.summary(redrive.run_id)
         names = [n for n in before.streams if not names or n in names]
         for n in names:
-            overtaken[n] = await ledger.superseded_seqs(
-                redrive.run_id, n, statuses=redrive.statuses, codes=redrive.codes
-            )
+            overtaken[n] = await ledger.overtaken(redrive.run_id, n, statuses=redrive.statuses, codes=redrive.codes)
     else:
         names = list(names) or [s.name for s in config.streams]
     sources = [source_of(config.stream(n)) for n in names]

@@ -213,4 +213,3 @@ class SkipUnchanged:
             else:
                 del self._live[key]
                 self._recent.add(key)
-

@@ -329,23 +329,26 @@ class SqliteLedger(LedgerReads):
             f"cannot read the digests of stream {stream!r}", lambda: load_chains(self._connection(), stream, keys)
         )
 
-    async def superseded_seqs(
+    async def overtaken(
         self, run_id: int, stream: str, *, statuses: Collection[Status], codes: Collection[str] | None
-    ) -> set[int]:
+    ) -> dict[int, list[JSON]]:
         """Of a run's changes with these statuses (and codes), those whose key had a later change applied in
-        the same run: a re-drive must not send them after it (the CRM would go back to an older row)."""
+        the same run, each with the source rows of those later changes in seq order: a re-drive must not send
+        a failed change after them as it was (the CRM would go back to an older row)."""
         where, params = filters(statuses, codes, stream)
         query = (
-            "WITH later AS (SELECT key, coalesce(parent, '') AS parent, max(seq) AS last FROM outcomes "
-            "WHERE run_id = ? AND stream = ? AND (status = 'SUCCESS' OR "
-            "(status = 'SKIPPED' AND code IN ('UNCHANGED', 'SUPERSEDED'))) GROUP BY key, coalesce(parent, '')) "
-            "SELECT o.seq FROM outcomes o JOIN later l ON l.key = o.key AND l.parent = coalesce(o.parent, '') "
-            f"WHERE o.run_id = ?{where.replace(' AND ', ' AND o.')} AND l.last > o.seq"
+            "SELECT o.seq, n.source_row FROM outcomes o JOIN outcomes n ON n.run_id = o.run_id "
+            "AND n.stream = o.stream AND n.key = o.key AND coalesce(n.parent, '') = coalesce(o.parent, '') "
+            "AND n.seq > o.seq AND (n.status = 'SUCCESS' OR "
+            "(n.status = 'SKIPPED' AND n.code IN ('UNCHANGED', 'SUPERSEDED'))) "
+            f"WHERE o.run_id = ?{where.replace(' AND ', ' AND o.')} ORDER BY o.seq, n.seq"
         )
 
-        def load() -> set[int]:
-            rows = self._connection().execute(query, (run_id, stream, run_id, *params))
-            return {int(seq) for (seq,) in rows}
+        def load() -> dict[int, list[JSON]]:
+            found: dict[int, list[JSON]] = {}
+            for seq, row in self._connection().execute(query, (run_id, *params)):
+                found.setdefault(int(seq), []).append(orjson.loads(row) if row is not None else {})
+            return found
 
         return await self._run(f"cannot read run {run_id}", load)
 
