@@ -22,7 +22,12 @@ import anyio
 
 from syncengine.model import JSON, Change, Operation, Payload, PayloadItem, Target
 
-__all__ = ["Batcher", "net_start"]
+__all__ = [
+    "Batcher",
+    "Endpoint",
+    "OrderKey",
+    "net_start",
+]
 
 OrderKey = tuple[str, str | None, str]
 Endpoint = tuple[str, Target, str | None]  # (stream, target, parent): one HTTP call's worth

@@ -26,9 +26,20 @@ from syncengine.model import Status
 from syncengine.pipeline import Redrive, RunOptions
 from syncengine.runner import EXIT_INTERRUPTED, EXIT_USAGE, exit_code, run_with_progress
 
-__all__ = ["main"]
+__all__ = [
+    "cli",
+    "demo",
+    "execute",
+    "main",
+    "report",
+    "resume",
+    "retry",
+    "run",
+    "runs",
+    "watch",
+]
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 def _console() -> Console:
@@ -351,7 +362,7 @@ def _ledger_path(config_file: Path | None, ledger_path: Path | None) -> Path:
     return path
 
 
-def _guard(action: Callable[[], T]) -> T:
+def _guard(action: Callable[[], _T]) -> _T:
     try:
         return action()
     except (SyncError, SecretsError, SourceError, LedgerError) as exc:

@@ -23,7 +23,17 @@ from syncengine.pipeline import RunOptions
 from syncengine.runner import exit_code, run_with_progress
 from syncengine.sandbox import Sandbox, SandboxOptions
 
-__all__ = ["run_demo", "write_sample"]
+__all__ = [
+    "CITIES",
+    "ERRORS",
+    "FIRST",
+    "LAST",
+    "ROLES",
+    "STATUSES",
+    "TITLES",
+    "run_demo",
+    "write_sample",
+]
 
 FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Margaret", "Linus", "Radia"]
 LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Hamilton", "Perlman"]
@@ -43,7 +53,19 @@ def write_sample(workdir: Path, *, contacts: int, seed: int = 7) -> Path:
     leads = max(10, contacts // 4)
     lead_ids = [str(111111000001000000 + i) for i in range(leads)]
     old_links = sorted({(rng.randrange(deals), rng.randrange(contacts)) for _ in range(max(10, contacts // 20))})
-    crm: dict[str, Any] = {
+    seed_file = workdir / "crm-before.json"
+    seed_file.write_bytes(orjson.dumps(_crm_before(rng, contacts, deals, lead_ids, old_links)))
+    _write_contacts(exports, rng, contacts)
+    _write_leads(exports, rng, lead_ids)
+    _write_links(exports, rng, contacts, deals, old_links)
+    return seed_file
+
+
+def _crm_before(
+    rng: random.Random, contacts: int, deals: int, lead_ids: list[str], old_links: list[tuple[int, int]]
+) -> dict[str, Any]:
+    """The CRM before the sync: contacts, deals, leads, and relations from earlier syncs."""
+    return {
         "records": {
             "Contacts": [
                 {
@@ -75,9 +97,9 @@ def write_sample(workdir: Path, *, contacts: int, seed: int = 7) -> Path:
             for d, c in old_links
         ],
     }
-    seed_file = workdir / "crm-before.json"
-    seed_file.write_bytes(orjson.dumps(crm))
 
+
+def _write_contacts(exports: Path, rng: random.Random, contacts: int) -> None:
     with (exports / "contacts.csv").open("w", newline="", encoding="utf-8") as handle:
         out = csv.writer(handle)
         out.writerow(
@@ -120,6 +142,8 @@ def write_sample(workdir: Path, *, contacts: int, seed: int = 7) -> Path:
         out.writerow(["C000003", "Bad", "Date", "", "", "", "", "", "31/02/1990", "", "bad date"])
         out.writerow(["C000004", "Dup", "Email", "c5@example.com", "", "", "", "", "", "", "duplicate email"])
 
+
+def _write_leads(exports: Path, rng: random.Random, lead_ids: list[str]) -> None:
     with (exports / "leads.jsonl").open("wb") as handle:
         for lid in lead_ids:
             handle.write(
@@ -139,6 +163,10 @@ def write_sample(workdir: Path, *, contacts: int, seed: int = 7) -> Path:
         handle.write(orjson.dumps({"crm_id": lead_ids[2], "last_name": None}) + b"\n")
         handle.write(orjson.dumps({"crm_id": lead_ids[3], "employees": "many"}) + b"\n")
 
+
+def _write_links(
+    exports: Path, rng: random.Random, contacts: int, deals: int, old_links: list[tuple[int, int]]
+) -> None:
     with (exports / "deal_contacts.csv").open("w", newline="", encoding="utf-8") as handle:
         out = csv.writer(handle)
         out.writerow(["deal_erp_id", "contact_erp_id", "role_id"])
@@ -153,7 +181,6 @@ def write_sample(workdir: Path, *, contacts: int, seed: int = 7) -> Path:
         for d, c in old_links:
             out.writerow([f"D{d:05d}", f"C{c:06d}"])
         out.writerow(["D00000", "C999998"])  # never linked: "relation not found"
-    return seed_file
 
 
 def _contact_id(i: int) -> str:

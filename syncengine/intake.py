@@ -32,7 +32,10 @@ from syncengine.progress import RunProgress
 from syncengine.readers import IDLE, BadRow, Row, SourceRow, SqlRow
 from syncengine.unchanged import MAX_HELD, Action, SkipUnchanged
 
-__all__ = ["Intake"]
+__all__ = [
+    "CHUNK",
+    "Intake",
+]
 
 CHUNK = 256  # changes per digest lookup
 

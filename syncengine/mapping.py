@@ -27,7 +27,12 @@ from syncengine.config import StreamConfig
 from syncengine.model import JSON, Change, Outcome, Status
 from syncengine.readers.base import BadRow, SourceRow
 
-__all__ = ["Mapper", "compile_mapping", "to_change"]
+__all__ = [
+    "Converter",
+    "Mapper",
+    "compile_mapping",
+    "to_change",
+]
 
 Converter = Callable[[JSON], JSON]  # raises ValueError (or TypeError/OverflowError) when it cannot
 

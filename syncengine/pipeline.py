@@ -44,7 +44,7 @@ from syncengine.workers import Sends, Worker, WorkerSettings
 
 __all__ = ["Redrive", "Run", "RunControl", "RunEnd", "RunOptions", "RunResult", "run_sync", "selected_sources"]
 
-log = structlog.get_logger("syncengine.pipeline")
+_log = structlog.get_logger("syncengine.pipeline")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -310,7 +310,7 @@ class Run:
 
     def _announce(self) -> None:
         plan, options = self._plan, self._options
-        log.info(
+        _log.info(
             "syncengine.run_started",
             run_id=plan.run_id,
             streams=[s.name for s in plan.streams],
@@ -344,7 +344,7 @@ class Run:
     def _result(self, summary: RunSummary | None) -> RunResult:
         assert summary is not None  # a ledger failure raised before here
         stats, elapsed = self._stats, time.monotonic() - self._started
-        log.info(
+        _log.info(
             "syncengine.run_finished",
             run_id=self._plan.run_id,
             state=summary.state.value,
@@ -402,7 +402,7 @@ async def _credits_left(budget: int | None, ledger: SqliteLedger | None) -> int 
         return budget
     spent = await ledger.credits_since(time.time() - 86_400)
     if spent:
-        log.info("syncengine.credits_budget", budget=budget, spent_last_24h=spent, left=max(0, budget - spent))
+        _log.info("syncengine.credits_budget", budget=budget, spent_last_24h=spent, left=max(0, budget - spent))
     return max(0, budget - spent)
 
 

@@ -28,7 +28,7 @@ from syncengine.model import JSON, Change, Status
 
 __all__ = ["InDoubt", "Plan", "Redrive", "Source", "StreamPlan", "finished_rows", "make_plan", "row_mark"]
 
-log = structlog.get_logger("syncengine.plan")
+_log = structlog.get_logger("syncengine.plan")
 
 _RUNS_BACK = 5  # earlier runs whose rows above their checkpoint a restarted watch does not redo
 
@@ -249,7 +249,7 @@ async def _resume(
         plan.in_doubt[name] = InDoubt.build(mine, done, by_key=not source.stable_seqs)
         await source.resume(plan, ledger, done)
     await ledger.reopen_run(run_id)
-    log.info(
+    _log.info(
         "syncengine.run_resuming",
         run_id=run_id,
         done={k: len(v) for k, v in plan.skip.items()},

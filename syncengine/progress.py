@@ -18,7 +18,7 @@ from syncengine.model import Outcome, Status
 
 __all__ = ["RunProgress", "count_lines", "show_progress"]
 
-log = structlog.get_logger("syncengine.progress")
+_log = structlog.get_logger("syncengine.progress")
 
 
 @dataclass(slots=True)
@@ -113,4 +113,4 @@ async def show_progress(progress: RunProgress, console: Console | None, *, inter
                 live.update(progress.line())
     while True:
         await anyio.sleep(interval)
-        log.info("syncengine.progress", **progress.fields())
+        _log.info("syncengine.progress", **progress.fields())

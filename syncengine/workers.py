@@ -41,7 +41,7 @@ from syncengine.sender import CallStats, GaveUp, Journal, RetryPolicy, Sent, Sto
 
 __all__ = ["RetryPolicy", "Sends", "Worker", "WorkerSettings"]
 
-log = structlog.get_logger("syncengine.workers")
+_log = structlog.get_logger("syncengine.workers")
 
 
 class Sends(Protocol):
@@ -173,11 +173,11 @@ class Worker:
                 if isinstance(outage, CrmUnavailable):
                     # The sender's outage gate paces the CRM from here: while it is down, one call probes it
                     # and this one waits at the gate for its answer.
-                    log.warning("syncengine.outage_waiting", reason=str(outage), wait_s=0.0)
+                    _log.warning("syncengine.outage_waiting", reason=str(outage), wait_s=0.0)
                     continue
                 cap = 300.0 if isinstance(outage, CreditsExhausted) else 4 * self._policy.probe_interval
                 wait = Backoff(initial=1.0, maximum=cap).wait(outages)
-                log.warning("syncengine.outage_waiting", reason=str(outage), wait_s=round(wait, 1))
+                _log.warning("syncengine.outage_waiting", reason=str(outage), wait_s=round(wait, 1))
                 with anyio.move_on_after(wait):
                     await self._batcher.stopping.wait()
                 if self._batcher.stopped:

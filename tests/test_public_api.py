@@ -34,26 +34,6 @@ SANDBOX = "sandbox"
 SANDBOX_IMPORTS = LAYERS[0]
 SANDBOX_USERS = {"demo", "cli"}
 
-# Public names (no leading underscore) that modules defined without exporting them when the two-way __all__ test
-# came: each is to get a leading underscore (a module's logger `_log`, a TypeVar `_T`, a helper `_name`) or a
-# place in its module's __all__. Drop a name here once that is done (the test says so); it fails on any other.
-NOT_YET_IN_ALL: dict[str, set[str]] = {
-    "syncengine.batcher": {"Endpoint", "OrderKey"},
-    "syncengine.cli": {"T", "cli", "demo", "execute", "report", "resume", "retry", "run", "runs", "watch"},
-    "syncengine.crm.auth": {"log"},
-    "syncengine.crm.responses": {"HALT_CODES", "TRANSIENT_RECORD_CODES"},
-    "syncengine.demo": {"CITIES", "ERRORS", "FIRST", "LAST", "ROLES", "STATUSES", "TITLES"},
-    "syncengine.intake": {"CHUNK"},
-    "syncengine.mapping": {"Converter"},
-    "syncengine.pipeline": {"log"},
-    "syncengine.plan": {"log"},
-    "syncengine.progress": {"log"},
-    "syncengine.readers.postgres_reader": {"CONNECT_TIMEOUT"},
-    "syncengine.readers.sql": {"minus_lag", "rows_as_dicts"},
-    "syncengine.readers.sqlite_reader": {"BUSY_TIMEOUT"},
-    "syncengine.workers": {"log"},
-}
-
 PACKAGE = Path(syncengine.__file__).parent
 
 MODULES = sorted(
@@ -115,15 +95,7 @@ def test_module_exports_every_public_name_it_defines(name: str) -> None:
     module = importlib.import_module(name)
     defined = _defined(ast.parse(_source(name).read_text(encoding="utf-8")))
     unexported = defined - set(getattr(module, "__all__", ()))
-    allowed = NOT_YET_IN_ALL.get(name, set())
-    assert sorted(unexported - allowed) == [], (
-        f"public in {name} but not in its __all__: export it or give it a leading _"
-    )
-    assert sorted(allowed - unexported) == [], f"done (or gone) in {name}: drop it from NOT_YET_IN_ALL"
-
-
-def test_the_not_yet_exported_list_names_modules_that_exist() -> None:
-    assert sorted(set(NOT_YET_IN_ALL) - set(MODULES)) == [], "no such module: drop it from NOT_YET_IN_ALL"
+    assert sorted(unexported) == [], f"public in {name} but not in its __all__: export it or give it a leading _"
 
 
 def test_package_reexports_its_short_list() -> None:

@@ -22,7 +22,7 @@ from syncengine.limits import Backoff
 
 __all__ = ["Credentials", "TokenProvider"]
 
-log = structlog.get_logger("syncengine.auth")
+_log = structlog.get_logger("syncengine.auth")
 
 
 class Credentials(Protocol):
@@ -155,7 +155,7 @@ class TokenProvider:
             # A short-lived token must not look expired the moment it arrives.
             self._effective_margin = min(self._margin, lifetime / 4)
             self.refreshes += 1
-            log.info("syncengine.token_refreshed", expires_in=round(lifetime))
+            _log.info("syncengine.token_refreshed", expires_in=round(lifetime))
             return token
         raise TransportError(
             self._token_url, f"token refresh failed after {self._backoff.attempts} tries: {trouble}", maybe_sent=False

@@ -12,7 +12,17 @@ import orjson
 from syncengine.crm.transport import HttpResponse
 from syncengine.model import JSON
 
-__all__ = ["Action", "RecordResult", "Records", "Refused", "Verdict", "interpret", "relation_not_found"]
+__all__ = [
+    "Action",
+    "HALT_CODES",
+    "RecordResult",
+    "Records",
+    "Refused",
+    "TRANSIENT_RECORD_CODES",
+    "Verdict",
+    "interpret",
+    "relation_not_found",
+]
 
 # Request-level codes that say the stream's config is wrong: no retry and no other payload can succeed.
 # (AUTHORIZATION_FAILED is not one: Zoho uses it for one record the user may not touch.)

@@ -25,7 +25,10 @@ from syncengine.errors import SourceError
 from syncengine.model import JSON
 from syncengine.readers.sql import KeysetReader, Position, SqlSpec, quote_name, rows_as_dicts
 
-__all__ = ["PostgresReader"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "PostgresReader",
+]
 
 CONNECT_TIMEOUT = 30.0  # seconds
 

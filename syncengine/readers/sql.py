@@ -63,7 +63,17 @@ from syncengine.errors import SourceError
 from syncengine.model import JSON
 from syncengine.readers.base import SourceRow
 
-__all__ = ["DEFAULT_PAGE_SIZE", "KeysetReader", "Position", "SqlRow", "SqlSpec", "quote_name", "to_json"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "KeysetReader",
+    "Position",
+    "SqlRow",
+    "SqlSpec",
+    "minus_lag",
+    "quote_name",
+    "rows_as_dicts",
+    "to_json",
+]
 
 DEFAULT_PAGE_SIZE: Final = 1_000
 

@@ -18,7 +18,10 @@ from syncengine.errors import SourceError
 from syncengine.model import JSON
 from syncengine.readers.sql import KeysetReader, Position, SqlSpec, rows_as_dicts
 
-__all__ = ["SqliteReader"]
+__all__ = [
+    "BUSY_TIMEOUT",
+    "SqliteReader",
+]
 
 BUSY_TIMEOUT = 30.0  # seconds to wait on a lock held by a writer (rollback-journal mode) before failing
 
