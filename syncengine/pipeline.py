@@ -35,7 +35,7 @@ from syncengine.ledger.journal import CallJournal, journal_path
 from syncengine.limits import CreditMeter, Limits
 from syncengine.metrics import Telemetry
 from syncengine.model import Outcome
-from syncengine.plan import Redrive, make_plan
+from syncengine.plan import Plan, Redrive, make_plan
 from syncengine.progress import RunProgress
 from syncengine.sender import CallStats, RetryPolicy, Sender
 from syncengine.sources import StreamSource, source_of
@@ -132,7 +132,7 @@ class Run:
 
     async def _open(self) -> None:
         config, options, stack = self._config, self._options, self._stack
-        self._ledger, self._history = await self._ledgers()
+        self._ledger, self._history = await _ledgers(stack, config.ledger.path, self._dry_run)
         self._plan = await make_plan(
             config,
             self._ledger,
@@ -161,7 +161,18 @@ class Run:
             else TokenProvider(self._transport, config.crm.token_url, self._secrets)
         )
         self._batcher = Batcher(max_buffered=options.max_buffered)
-        self._sender = self._make_sender()
+        self._sender: Sends
+        if options.dry_run_path is not None:
+            self._sender = DryRunSender(stack.enter_context(options.dry_run_path.open("wb")), self._stats)
+        else:
+            self._sender = Sender(
+                request=self._transport.request,
+                tokens=self._tokens,
+                limits=self._limits,
+                credits=self._credits,
+                policy=_watch_policy(options),
+                stats=self._stats,
+            )
         self._outcomes, self._receive = anyio.create_memory_object_stream[Outcome](options.outcome_buffer)
         self._stops = RunStops(self._control, self._batcher, self._outcomes)
         self._checkpoints = Checkpoints(self._plan.start_after)
@@ -173,44 +184,10 @@ class Run:
             if self._history is not None
         }
 
-    async def _ledgers(self) -> tuple[SqliteLedger, SqliteLedger | None]:
-        """The ledger the run writes, and the one its history (chains, credits spent) is read from.
-
-        A dry run changes no ledger state: its outcomes go to a throwaway ledger, while what earlier runs
-        recorded still shapes it (its would-be requests are the real ones), read from the real ledger.
-        """
-        path = self._config.ledger.path
-        if not self._dry_run:
-            ledger = await self._stack.enter_async_context(SqliteLedger(path))
-            return ledger, ledger
-        scratch = Path(self._stack.enter_context(tempfile.TemporaryDirectory())) / "dry-run.db"
-        ledger = await self._stack.enter_async_context(SqliteLedger(scratch))
-        history = await self._stack.enter_async_context(SqliteLedger(path)) if path.is_file() else None
-        return ledger, history
-
     def _source_of(self, stream: StreamConfig) -> StreamSource:
         source = source_of(stream, redrive=self._options.redrive, environ=self._options.environ)
         self._sources[stream.name] = source
         return source
-
-    def _make_sender(self) -> Sends:
-        if self._options.dry_run_path is not None:
-            out = self._stack.enter_context(self._options.dry_run_path.open("wb"))
-            return DryRunSender(out, self._stats)
-        # A watch never gives records up to an outage: it waits the outage out and sends them again.
-        policy = self._policy()
-        return Sender(
-            request=self._transport.request,
-            tokens=self._tokens,
-            limits=self._limits,
-            credits=self._credits,
-            policy=policy,
-            stats=self._stats,
-        )
-
-    def _policy(self) -> RetryPolicy:
-        options = self._options
-        return replace(options.policy, outage_give_ups=1) if options.watch is not None else options.policy
 
     async def run(self) -> RunResult:
         plan, config = self._plan, self._config
@@ -222,7 +199,7 @@ class Run:
         settings = WorkerSettings(
             api_base=config.crm.api_base,
             trigger=config.crm.trigger,
-            policy=self._policy(),
+            policy=_watch_policy(self._options),
             persistent=self._options.watch is not None,
             possibly_sent=plan.possibly_sent if plan.resumed else None,
             journal=journal.record if journal is not None else None,
@@ -238,7 +215,7 @@ class Run:
                         readers = anyio.CancelScope()  # a stop cancels the readers at once; workers finish
                         stages.start_soon(_cancel_on, self._batcher.stopping, readers)
                         async with anyio.create_task_group() as work:  # the work: readers and workers
-                            self._open_inputs()
+                            _open_inputs(self._plan, self._batcher, self._progress)
                             work.start_soon(self._read_all, readers)
                             for _ in range(config.crm.concurrency):
                                 work.start_soon(
@@ -274,16 +251,6 @@ class Run:
                     )
                     rows = self._sources[stream.name].rows(self._plan, self._ledger, watch=self._options.watch)
                     intakes.start_soon(intake.run, rows)
-
-    def _open_inputs(self) -> None:
-        plan = self._plan
-        for stream in plan.streams:
-            self._batcher.open_input()
-            self._progress.read[stream.name] += plan.prior_read.get(stream.name, 0)
-            if stream.name in plan.skip:
-                self._progress.read[stream.name] += plan.skip[stream.name].count_upto(
-                    plan.start_after.get(stream.name, 0)
-                )
 
     async def _write(self, cancel: anyio.CancelScope) -> None:
         """The ledger failing (a full disk) ends the run: everything committed stays, the rest is pending.
@@ -343,23 +310,8 @@ class Run:
 
     def _result(self, summary: RunSummary | None) -> RunResult:
         assert summary is not None  # a ledger failure raised before here
-        stats, elapsed = self._stats, time.monotonic() - self._started
-        _log.info(
-            "syncengine.run_finished",
-            run_id=self._plan.run_id,
-            state=summary.state.value,
-            read=summary.read,
-            succeeded=summary.succeeded,
-            rejected=summary.rejected,
-            failed=summary.failed,
-            invalid=summary.invalid,
-            pending=summary.pending,
-            calls=stats.calls,
-            throttled=stats.throttled,
-            max_in_flight=self._limits.general.max_in_flight,
-            elapsed_s=round(elapsed, 3),
-            rate=round(summary.read / elapsed, 1) if elapsed > 0 else None,
-        )
+        stats = self._stats
+        _log_finished(self._plan.run_id, summary, stats, self._limits, time.monotonic() - self._started)
         return RunResult(
             summary=summary,
             end=self._end,
@@ -374,6 +326,54 @@ class Run:
             planned_credits=stats.planned_credits,
             credits_left=self._credits.budget,
         )
+
+
+async def _ledgers(stack: AsyncExitStack, path: Path, dry_run: bool) -> tuple[SqliteLedger, SqliteLedger | None]:
+    """The ledger the run writes, and the one its history (chains, credits spent) is read from.
+
+    A dry run changes no ledger state: its outcomes go to a throwaway ledger, while what earlier runs
+    recorded still shapes it (its would-be requests are the real ones), read from the real ledger.
+    """
+    if not dry_run:
+        ledger = await stack.enter_async_context(SqliteLedger(path))
+        return ledger, ledger
+    scratch = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "dry-run.db"
+    ledger = await stack.enter_async_context(SqliteLedger(scratch))
+    history = await stack.enter_async_context(SqliteLedger(path)) if await anyio.Path(path).is_file() else None
+    return ledger, history
+
+
+def _watch_policy(options: RunOptions) -> RetryPolicy:
+    """A watch never gives records up to an outage: it waits the outage out and sends them again."""
+    return replace(options.policy, outage_give_ups=1) if options.watch is not None else options.policy
+
+
+def _open_inputs(plan: Plan, batcher: Batcher, progress: RunProgress) -> None:
+    """Every stream is an input of the batcher; a resumed stream counts what it already read."""
+    for stream in plan.streams:
+        batcher.open_input()
+        progress.read[stream.name] += plan.prior_read.get(stream.name, 0)
+        if stream.name in plan.skip:
+            progress.read[stream.name] += plan.skip[stream.name].count_upto(plan.start_after.get(stream.name, 0))
+
+
+def _log_finished(run_id: int, summary: RunSummary, stats: CallStats, limits: Limits, elapsed: float) -> None:
+    _log.info(
+        "syncengine.run_finished",
+        run_id=run_id,
+        state=summary.state.value,
+        read=summary.read,
+        succeeded=summary.succeeded,
+        rejected=summary.rejected,
+        failed=summary.failed,
+        invalid=summary.invalid,
+        pending=summary.pending,
+        calls=stats.calls,
+        throttled=stats.throttled,
+        max_in_flight=limits.general.max_in_flight,
+        elapsed_s=round(elapsed, 3),
+        rate=round(summary.read / elapsed, 1) if elapsed > 0 else None,
+    )
 
 
 async def run_sync(
