@@ -115,7 +115,13 @@ def _name(key: Key) -> str:
 
 def _success_ok(chg: Chg, applied: Applied, export: Export) -> bool:
     if chg.op == "unlink":
-        return any(chg.version in group for group in applied.groups.get(chg.key, []))
+        if any(chg.version in group for group in applied.groups.get(chg.key, [])):
+            return True
+        # A record that merged the pair's held rows goes out as its last delink (the links and delinks before
+        # it superseded): that delink row is the one the applied unlink stands for.
+        later = [c for c in export.by_key.get(chg.key, []) if c.seq > chg.seq]
+        unlinked = any(entry["op"] == "unlink" for entry, _ in applied.writes.get(chg.key, []))
+        return unlinked and not any(c.op == "unlink" for c in later)
     for entry, version in applied.writes.get(chg.key, []):
         if entry["op"] == "unlink":
             continue
@@ -146,12 +152,12 @@ def _skip_ok(chg: Chg, held: Mapping[Key, int | None], export: Export, current: 
     hold is a no-op whatever row the history says the pair was last written by."""
     if chg.op == "unlink" and current(chg.key) is None:
         return True
+    later = [c for c in export.by_key.get(chg.key, []) if c.seq > chg.seq]
+    if chg.op == "link" and any(c.op == "unlink" for c in later):
+        return True  # a later delink of the pair erases what this link would write (the state check sees it)
     at = export.position(chg.key, held.get(chg.key))
     if at is None or at < chg.seq:
         return False
-    later = [c for c in export.by_key.get(chg.key, []) if c.seq > chg.seq]
-    if any(c.op == "unlink" for c in later) and chg.op == "link":
-        return True
     now = current(chg.key)
     if chg.op == "unlink":
         return now is None or any(c.op == "link" for c in later)
