@@ -117,11 +117,11 @@ def _success_ok(chg: Chg, applied: Applied, export: Export) -> bool:
     if chg.op == "unlink":
         if any(chg.version in group for group in applied.groups.get(chg.key, [])):
             return True
-        # A record that merged the pair's held rows goes out as its last delink (the links and delinks before
-        # it superseded): that delink row is the one the applied unlink stands for.
+        # A record that merged the pair's held rows goes out as its trailing delinks (the links and delinks
+        # before the last link superseded): those delink rows are the ones the applied unlink stands for.
         later = [c for c in export.by_key.get(chg.key, []) if c.seq > chg.seq]
         unlinked = any(entry["op"] == "unlink" for entry, _ in applied.writes.get(chg.key, []))
-        return unlinked and not any(c.op == "unlink" for c in later)
+        return unlinked and not any(c.op == "link" for c in later)
     for entry, version in applied.writes.get(chg.key, []):
         if entry["op"] == "unlink":
             continue
