@@ -262,6 +262,10 @@ class Sender:
                 if response.credits_remaining is not None:
                     self.stats.credits_remaining = response.credits_remaining
                 verdict = interpret(response, count, related=target.is_related)
+                if not (isinstance(verdict, Refused) and verdict.action is Action.REFRESH):
+                    # The token was taken: only refusals of fresh tokens in a row say the credentials are
+                    # wrong, not tokens that expired one by one over a long run of 429s and 5xx.
+                    tries.refreshes = 0
                 if isinstance(verdict, Refused) and verdict.action is Action.RETRY:
                     tries.ambiguous = True  # a 5xx (a gateway timeout above all) may come after the CRM applied it
                     gave_up = await self._transient(tries, verdict.code, verdict.message, verdict.http_status)
