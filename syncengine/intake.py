@@ -181,6 +181,8 @@ class Intake:
                 self._stream, SourceRow(seq=change.seq, values=values if isinstance(values, dict) else {})
             )
             if isinstance(mapped, Change):
+                if mapped.target.operation is Operation.DELETE_RELATED:
+                    return Action.SUPERSEDED, (change,)  # a later delink erased what the change would write
                 fields.update(mapped.fields)
                 newer.update(mapped.fields)
         if set(change.fields) <= newer or change.target.operation is Operation.DELETE_RELATED:
