@@ -80,7 +80,10 @@ class Batcher:
         self._halted: set[str] = set()
         self._stopped = False
         self.stopping = anyio.Event()  # set by stop(): waits that should end with the run can watch it
-        self._changed = anyio.Event()
+        # Two wake-ups, so that a change handed over wakes no worker unless it made a payload (or a
+        # bucket whose linger a worker must time): with one, every put woke every idle worker.
+        self._output = anyio.Event()  # get() waits on it: a payload, a new deadline, a key freed, an end
+        self._space = anyio.Event()  # put() waits on it: buffered changes went out
 
     # -- inputs -----------------------------------------------------------------------------------
 
@@ -90,7 +93,7 @@ class Batcher:
 
     def close_input(self) -> None:
         self._inputs -= 1
-        self._notify()
+        self._output.set()
 
     async def put(self, change: Change, *, max_items: int, linger: float) -> bool:
         """Hand over one change; False (and nothing held) when its stream was halted or the run stopped."""
@@ -101,12 +104,15 @@ class Batcher:
         while self._buffered >= self._max_buffered and not self._stopped:
             if not self._ready:
                 self._seal_all()  # full of partial buckets: send them rather than wait for linger
-            await self._wait()
+                self._output.set()
+            await self._wait_space()
         if self._stopped or group[0].stream in self._halted:
             return False
         self._buffered += len(group)
+        ready, buckets = len(self._ready), len(self._buckets)
         self._admit(group, max_items, linger)
-        self._notify()
+        if len(self._ready) > ready or len(self._buckets) > buckets:
+            self._output.set()
         return True
 
     # -- outputs ----------------------------------------------------------------------------------
@@ -119,7 +125,7 @@ class Batcher:
             if self._ready:
                 payload = self._ready.popleft()
                 self._buffered -= sum(len(item.changes) for item in payload.items)
-                self._notify()
+                self._space.set()
                 return payload
             if self._inputs == 0:
                 if not self._buckets and not self._waiting:
@@ -127,7 +133,8 @@ class Batcher:
                 self._seal_all()
                 if self._ready:
                     continue
-                await self._wait()  # only waiting changes are left: their keys are in flight
+                # only waiting changes are left: their keys are in flight
+                await self._wait_output()
                 continue
             now = self._clock()
             due = [b for b in self._buckets.values() if b.deadline <= now]
@@ -137,12 +144,12 @@ class Batcher:
                 continue
             deadline = min((b.deadline for b in self._buckets.values()), default=None)
             with anyio.move_on_after(None if deadline is None else max(0.0, deadline - now)):
-                await self._wait()
+                await self._wait_output()
 
     def done(self, payload: Payload) -> None:
         """The worker is finished with ``payload``: its keys are free for the changes waiting on them."""
         self._release(payload)
-        self._notify()
+        self._output.set()
 
     def _release(self, payload: Payload) -> None:
         for item in payload.items:
@@ -264,12 +271,19 @@ class Batcher:
             self._seal(bucket)
 
     def _notify(self) -> None:
-        self._changed.set()
+        self._output.set()
+        self._space.set()
 
-    async def _wait(self) -> None:
-        # Callers check the state right before waiting, with no await in between, so a notification
-        # that came earlier is already seen: a set event is stale and can be replaced. Replacing it
-        # here, not in _notify, keeps put() from allocating an event per change on the hot path.
-        if self._changed.is_set():
-            self._changed = anyio.Event()
-        await self._changed.wait()
+    # Callers check the state right before waiting, with no await in between, so a notification that
+    # came earlier is already seen: a set event is stale and is replaced before waiting. Replacing it
+    # here, not where it is set, keeps put() from allocating an event per change on the hot path.
+
+    async def _wait_output(self) -> None:
+        if self._output.is_set():
+            self._output = anyio.Event()
+        await self._output.wait()
+
+    async def _wait_space(self) -> None:
+        if self._space.is_set():
+            self._space = anyio.Event()
+        await self._space.wait()

@@ -24,6 +24,7 @@ __all__ = [
     "chain_rows",
     "contributes",
     "load_chains",
+    "register",
     "upsert_chains",
 ]
 
@@ -62,25 +63,47 @@ def chain_rows(pass_of: Callable[[str, int], int], outcomes: Iterable[Outcome]) 
     return found
 
 
+# One statement per batch, no read first: a key's chain is replaced by a pass's first write to it and
+# appended to by the same pass's later writes; a pass that repeats the stored chain exactly writes nothing
+# (the row keeps the pass that first wrote it). A row from before chains were stored has a NULL chain:
+# its one digest is its chain. ``chain_of`` and ``chain_cat`` (SQLite's ``||`` makes text of blobs) are
+# Python functions registered per connection; they run only for keys that already have a row.
+_UPSERT: Final = """
+INSERT INTO digests (stream, key, digest, run_id, chain) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (stream, key) DO UPDATE SET
+    digest = excluded.digest,
+    run_id = excluded.run_id,
+    chain = CASE WHEN digests.run_id = excluded.run_id
+                 THEN chain_cat(chain_of(digests.digest, digests.chain), excluded.chain)
+                 ELSE excluded.chain END
+WHERE digests.run_id = excluded.run_id OR chain_of(digests.digest, digests.chain) != excluded.chain
+"""
+
+
+def _chain_of(digest: int, blob: bytes | None) -> bytes:
+    return _pack((digest,)) if blob is None else blob
+
+
+def _chain_cat(before: bytes, after: bytes) -> bytes:
+    return before + after
+
+
+def register(conn: sqlite3.Connection) -> None:
+    """Give a new connection the SQL functions the chain upsert uses."""
+    conn.create_function("chain_of", 2, _chain_of, deterministic=True)
+    conn.create_function("chain_cat", 2, _chain_cat, deterministic=True)
+
+
 def upsert_chains(conn: sqlite3.Connection, batch: Mapping[tuple[str, int], Chain]) -> None:
     """Store a batch's chains: appended to the key's chain when the same pass wrote it, else replacing it."""
     if not batch:
         return
-    per_stream: dict[str, list[int]] = {}
-    for stream, key in batch:
-        per_stream.setdefault(stream, []).append(key)
-    rows: list[tuple[object, ...]] = []
-    for stream, keys in per_stream.items():
-        stored = load_chains(conn, stream, keys)
-        for key in sorted(keys):  # in key order: the writes touch the index's pages in order
-            written_by, digests = batch[(stream, key)]
-            before = stored.get(key)
-            if before is not None and before[0] == written_by:
-                digests = before[1] + digests
-            elif before is not None and before[1] == digests:
-                continue  # a pass that repeated the chain: as good as the stored one, and no write
-            rows.append((stream, key, digests[-1], written_by, _pack(digests)))
-    conn.executemany("INSERT OR REPLACE INTO digests (stream, key, digest, run_id, chain) VALUES (?, ?, ?, ?, ?)", rows)
+    # In key order: the writes touch the index's pages in order.
+    rows = [
+        (stream, key, digests[-1], written_by, _pack(digests))
+        for (stream, key), (written_by, digests) in sorted(batch.items())
+    ]
+    conn.executemany(_UPSERT, rows)
 
 
 def load_chains(conn: sqlite3.Connection, stream: str, keys: Sequence[int]) -> dict[int, Chain]:

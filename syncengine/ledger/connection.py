@@ -17,6 +17,7 @@ from typing import TypeVar
 import anyio
 
 from syncengine.errors import LedgerError
+from syncengine.ledger.chains import register
 from syncengine.ledger.schema import NewerSchema, migrate
 
 __all__ = ["SqliteConnection", "transaction"]
@@ -43,6 +44,7 @@ class SqliteConnection:
             raise LedgerError(str(self._path), "cannot open: it is a directory, not a file")
         self._path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
+        register(conn)
         try:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             conn.execute("PRAGMA synchronous = NORMAL")
