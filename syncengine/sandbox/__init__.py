@@ -6,8 +6,9 @@
 ``README.md`` next to this file.
 """
 
+from syncengine.sandbox.fields import DEFAULT_SCHEMA
 from syncengine.sandbox.options import SandboxOptions
-from syncengine.sandbox.schema import DEFAULT_SCHEMA, FieldSpec, FieldType, ModuleSpec, RelationSpec, Schema
+from syncengine.sandbox.schema import FieldSpec, FieldType, ModuleSpec, RelationSpec, Schema
 from syncengine.sandbox.server import Sandbox
 from syncengine.sandbox.state import SandboxState
 from syncengine.sandbox.stats import SandboxStats

@@ -47,7 +47,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from syncengine.sandbox.schema import DEFAULT_SCHEMA, Schema
+from syncengine.sandbox.fields import DEFAULT_SCHEMA
+from syncengine.sandbox.schema import Schema
 
 __all__ = ["FIXED_OPTIONS", "STRICT", "SandboxOptions"]
 

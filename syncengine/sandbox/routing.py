@@ -141,6 +141,15 @@ def route(
     rest = segs[1:]
     if rest == ["coql"] or rest[0] == "settings":
         return _unscoped(rest, method)
+    return _scoped(schema, rest, method, external)
+
+
+def _scoped(schema: Schema, rest: list[str], method: str, external: str | None) -> Route | Reply:
+    """The calls on a module: ``/{Module}[/{key}[/{RelatedList}[/{related}]]]`` and ``/{Module}/upsert``.
+
+    Checked in a fixed order, so a path with two faults always meets the same error: the module, the
+    path's length, the method, X-EXTERNAL, the related list, then the modules X-EXTERNAL names.
+    """
     spec = schema.module(rest[0])
     if spec is None:
         return request_error(
@@ -149,29 +158,20 @@ def route(
     n = len(rest)
     if n > 4:
         return _invalid_url()
-    if n == 2 and rest[1] == "upsert":
-        if method != "POST":
-            return _invalid_method()
-        kind = "upsert"
-    else:
-        found = _METHODS[n].get(method)
-        if found is None:
-            return _invalid_method()
-        kind = found
+    kind = _kind(rest, method)
+    if isinstance(kind, Reply):
+        return kind
     ext = parse_external(schema, external)
     if isinstance(ext, Reply):
         return ext
-    rl: RelatedList | None = None
-    if n >= 3:
-        rl = schema.related_list(spec.api_name, rest[2])
-        if rl is None:
-            return request_error(
-                400, "INVALID_DATA", "The relation name given seems to be invalid", {"resource_path_index": 2}
-            )
-        stray = set(ext) - {spec.api_name, rl.related_module}
-    else:
-        stray = set(ext) - {spec.api_name}
-    if stray:
+    rl = schema.related_list(spec.api_name, rest[2]) if n >= 3 else None
+    if n >= 3 and rl is None:
+        return request_error(
+            400, "INVALID_DATA", "The relation name given seems to be invalid", {"resource_path_index": 2}
+        )
+    # X-EXTERNAL may name only the modules the path addresses.
+    addressed = {spec.api_name} if rl is None else {spec.api_name, rl.related_module}
+    if set(ext) - addressed:
         return request_error(
             400,
             "INVALID_DATA",
@@ -187,6 +187,14 @@ def route(
         ext_field=ext.get(spec.api_name),
         related_field=ext.get(rl.related_module) if rl is not None else None,
     )
+
+
+def _kind(rest: list[str], method: str) -> str | Reply:
+    """The endpoint kind of a module path of 1 to 4 segments, or 400 INVALID_REQUEST_METHOD."""
+    if len(rest) == 2 and rest[1] == "upsert":
+        return "upsert" if method == "POST" else _invalid_method()
+    found = _METHODS[len(rest)].get(method)
+    return found if found is not None else _invalid_method()
 
 
 def query_int(query: Mapping[str, str], name: str, default: int, high: int) -> int:

@@ -2,13 +2,14 @@
 
 A schema is immutable and shared by every request, so validation never copies it. ``check_value``
 turns one incoming JSON value into the value to store, or raises ``BadValue`` with the extra
-``details`` keys Zoho would send (``expected_data_type``, ``maximum_length`` or ``supported_values``).
+``details`` keys Zoho would send (``expected_data_type``, ``maximum_length`` or ``supported_values``),
+with one small checker per field type. The built-in schema, a data table, is ``fields.py``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
@@ -16,7 +17,6 @@ from enum import StrEnum
 from syncengine.model import JSON
 
 __all__ = [
-    "DEFAULT_SCHEMA",
     "BadValue",
     "FieldSpec",
     "FieldType",
@@ -25,7 +25,6 @@ __all__ = [
     "RelationSpec",
     "Schema",
     "check_value",
-    "default_schema",
 ]
 
 
@@ -63,6 +62,7 @@ _INT_LIMITS = {FieldType.INTEGER: 2**31, FieldType.BIGINT: 2**63}
 # Loose on purpose: Zoho's own check is not documented; this catches the obvious typos a test uses.
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _DIGITS = re.compile(r"^[0-9]{1,19}$")
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,342 +204,112 @@ def check_value(spec: FieldSpec, value: JSON, *, known_ids: Mapping[str, str] | 
 
     ``known_ids`` maps record id -> module, so a lookup into a known module can be checked.
     """
-    t = spec.type
-    if t in _STRING_TYPES:
-        if isinstance(value, int | float) and not isinstance(value, bool) and t is not FieldType.EMAIL:
-            value = str(value)  # Zoho stores a number sent to a text field as its text
-        if not isinstance(value, str):
-            raise BadValue({"expected_data_type": t.value})
-        limit = spec.length
-        if limit is not None and len(value) > limit:
-            raise BadValue({"maximum_length": limit})
-        if t is FieldType.EMAIL and not _EMAIL.match(value):
-            raise BadValue({"expected_data_type": t.value})
-        return value
-    if t in _INT_LIMITS:
-        number: JSON = value
-        # Zoho coerces numeric strings for number fields; so do we, but nothing else.
-        if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
-            number = int(value)
-        if not isinstance(number, int) or isinstance(number, bool) or abs(number) >= _INT_LIMITS[t]:
-            raise BadValue({"expected_data_type": t.value})
-        return number
-    if t in _NUMBER_TYPES:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise BadValue({"expected_data_type": t.value}) from None
-        if not _is_number(value):
-            raise BadValue({"expected_data_type": t.value})
-        return value
-    if t is FieldType.BOOLEAN:
-        if not isinstance(value, bool):
-            raise BadValue({"expected_data_type": t.value})
-        return value
-    if t is FieldType.DATE:
+    if spec.type is FieldType.LOOKUP:
+        return _check_lookup(spec, value, known_ids)
+    return _CHECKS[spec.type](spec, value)
+
+
+def _wrong_type(spec: FieldSpec) -> BadValue:
+    return BadValue({"expected_data_type": spec.type.value})
+
+
+def _check_text(spec: FieldSpec, value: JSON) -> JSON:
+    if _is_number(value) and spec.type is not FieldType.EMAIL:
+        value = str(value)  # Zoho stores a number sent to a text field as its text
+    if not isinstance(value, str):
+        raise _wrong_type(spec)
+    limit = spec.length
+    if limit is not None and len(value) > limit:
+        raise BadValue({"maximum_length": limit})
+    if spec.type is FieldType.EMAIL and not _EMAIL.match(value):
+        raise _wrong_type(spec)
+    return value
+
+
+def _check_integer(spec: FieldSpec, value: JSON) -> JSON:
+    number: JSON = value
+    # Zoho coerces numeric strings for number fields; so do we, but nothing else.
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        number = int(value)
+    if not isinstance(number, int) or isinstance(number, bool) or abs(number) >= _INT_LIMITS[spec.type]:
+        raise _wrong_type(spec)
+    return number
+
+
+def _check_number(spec: FieldSpec, value: JSON) -> JSON:
+    if isinstance(value, str):
         try:
-            date.fromisoformat(value) if isinstance(value, str) and len(value) == 10 else _raise()
+            return float(value)
         except ValueError:
-            raise BadValue({"expected_data_type": t.value}) from None
-        return value
-    if t is FieldType.DATETIME:
-        try:
-            parsed = datetime.fromisoformat(value) if isinstance(value, str) and "T" in value else _raise()
-        except ValueError:
-            raise BadValue({"expected_data_type": t.value}) from None
-        if parsed.tzinfo is None:
-            raise BadValue({"expected_data_type": t.value})
-        return value
-    if t is FieldType.PICKLIST:
-        if not isinstance(value, str):
-            raise BadValue({"expected_data_type": t.value})
-        if spec.values and value not in spec.values:
-            raise BadValue({"supported_values": list(spec.values)})
-        return value
-    if t is FieldType.MULTISELECTPICKLIST:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise BadValue({"expected_data_type": t.value})
-        if spec.values and any(v not in spec.values for v in value):
-            raise BadValue({"supported_values": list(spec.values)})
-        return value
-    # LOOKUP: {"id": ...} or the bare id, as a string or a JSON number.
+            raise _wrong_type(spec) from None
+    if not _is_number(value):
+        raise _wrong_type(spec)
+    return value
+
+
+def _check_boolean(spec: FieldSpec, value: JSON) -> JSON:
+    if not isinstance(value, bool):
+        raise _wrong_type(spec)
+    return value
+
+
+def _check_date(spec: FieldSpec, value: JSON) -> JSON:
+    if not isinstance(value, str) or len(value) != 10:
+        raise _wrong_type(spec)
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise _wrong_type(spec) from None
+    return value
+
+
+def _check_datetime(spec: FieldSpec, value: JSON) -> JSON:
+    if not isinstance(value, str) or "T" not in value:
+        raise _wrong_type(spec)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise _wrong_type(spec) from None
+    if parsed.tzinfo is None:
+        raise _wrong_type(spec)  # Zoho writes every datetime with its offset, and wants one
+    return value
+
+
+def _check_picklist(spec: FieldSpec, value: JSON) -> JSON:
+    if not isinstance(value, str):
+        raise _wrong_type(spec)
+    if spec.values and value not in spec.values:
+        raise BadValue({"supported_values": list(spec.values)})
+    return value
+
+
+def _check_multiselect(spec: FieldSpec, value: JSON) -> JSON:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _wrong_type(spec)
+    if spec.values and any(v not in spec.values for v in value):
+        raise BadValue({"supported_values": list(spec.values)})
+    return value
+
+
+def _check_lookup(spec: FieldSpec, value: JSON, known_ids: Mapping[str, str] | None) -> JSON:
+    """{"id": ...} or the bare id, as a string or a JSON number; stored as {"id": "..."}."""
     raw = value.get("id") if isinstance(value, dict) else value
     rid = str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else raw
     if not isinstance(rid, str) or not _DIGITS.match(rid):
-        raise BadValue({"expected_data_type": t.value})
+        raise _wrong_type(spec)
     if known_ids is not None and spec.lookup_module is not None and known_ids.get(rid) != spec.lookup_module:
-        raise BadValue({"expected_data_type": t.value})
+        raise _wrong_type(spec)
     return {"id": rid}
 
 
-def _raise() -> datetime:
-    raise ValueError
-
-
-def _text(name: str, **kw: object) -> FieldSpec:
-    return FieldSpec(api_name=name, type=FieldType.TEXT, **kw)  # type: ignore[arg-type]
-
-
-def _f(name: str, type_: FieldType, **kw: object) -> FieldSpec:
-    return FieldSpec(api_name=name, type=type_, **kw)  # type: ignore[arg-type]
-
-
-_LEAD_SOURCES = (
-    "Advertisement",
-    "Cold Call",
-    "Employee Referral",
-    "External Referral",
-    "Online Store",
-    "Partner",
-    "Public Relations",
-    "Sales Email Alias",
-    "Seminar Partner",
-    "Internal Seminar",
-    "Trade Show",
-    "Web Download",
-    "Web Research",
-    "Chat",
-)
-_MEMBER_STATUS = (
-    "Planning",
-    "Active",
-    "Invited",
-    "Sent",
-    "Received",
-    "Opened",
-    "Responded",
-    "Bounced",
-    "Opted Out",
-    "Registered",
-    "Attended",
-    "Did Not Attend",
-)
-_STAGES = (
-    "Qualification",
-    "Needs Analysis",
-    "Value Proposition",
-    "Id. Decision Makers",
-    "Perception Analysis",
-    "Proposal/Price Quote",
-    "Negotiation/Review",
-    "Closed Won",
-    "Closed Lost",
-    "Closed Lost to Competition",
-)
-_LIST_PRICE = (_f("list_price", FieldType.CURRENCY),)
-
-
-def default_schema() -> Schema:
-    """The built-in schema the demo and the tests use (a trimmed copy of a standard Zoho org)."""
-    leads = ModuleSpec(
-        api_name="Leads",
-        duplicate_check_fields=("Email",),
-        fields=(
-            _text("Last_Name", max_length=80, mandatory=True),
-            _text("First_Name", max_length=40),
-            _text("Company", max_length=200),
-            _text("Designation", max_length=100),
-            _f("Email", FieldType.EMAIL),
-            _f("Phone", FieldType.PHONE),
-            _f("Mobile", FieldType.PHONE),
-            _f("Website", FieldType.WEBSITE),
-            _f("Lead_Source", FieldType.PICKLIST, values=_LEAD_SOURCES),
-            _f(
-                "Lead_Status",
-                FieldType.PICKLIST,
-                values=(
-                    "Attempted to Contact",
-                    "Contact in Future",
-                    "Contacted",
-                    "Junk Lead",
-                    "Lost Lead",
-                    "Not Contacted",
-                    "Pre-Qualified",
-                    "Not Qualified",
-                ),
-            ),
-            _text("Industry", max_length=120),
-            _f("Annual_Revenue", FieldType.CURRENCY),
-            _f("No_of_Employees", FieldType.INTEGER),
-            _f("Email_Opt_Out", FieldType.BOOLEAN),
-            _f("Description", FieldType.TEXTAREA),
-            _text("External_Lead_ID", external=True),
-        ),
-    )
-    contacts = ModuleSpec(
-        api_name="Contacts",
-        duplicate_check_fields=("Email",),
-        fields=(
-            _text("Last_Name", max_length=80, mandatory=True),
-            _text("First_Name", max_length=40),
-            _f("Email", FieldType.EMAIL, unique=True),
-            _f("Secondary_Email", FieldType.EMAIL),
-            _f("Phone", FieldType.PHONE),
-            _f("Mobile", FieldType.PHONE),
-            _text("Title", max_length=100),
-            _text("Department", max_length=100),
-            _f("Date_of_Birth", FieldType.DATE),
-            _f("Account_Name", FieldType.LOOKUP, lookup_module="Accounts"),
-            _f("Lead_Source", FieldType.PICKLIST, values=_LEAD_SOURCES),
-            _text("Mailing_Street", max_length=250),
-            _text("Mailing_City", max_length=100),
-            _text("Mailing_State", max_length=100),
-            _text("Mailing_Zip", max_length=30),
-            _text("Mailing_Country", max_length=100),
-            _f("Email_Opt_Out", FieldType.BOOLEAN),
-            _f("Last_Activity_Time", FieldType.DATETIME),
-            _f("Description", FieldType.TEXTAREA),
-            _text("External_Contact_ID", external=True),
-        ),
-    )
-    accounts = ModuleSpec(
-        api_name="Accounts",
-        duplicate_check_fields=("Account_Name",),
-        fields=(
-            _text("Account_Name", max_length=200, mandatory=True),
-            _text("Account_Number", max_length=40),
-            _f("Phone", FieldType.PHONE),
-            _f("Website", FieldType.WEBSITE),
-            _text("Industry", max_length=120),
-            _f(
-                "Account_Type",
-                FieldType.PICKLIST,
-                values=(
-                    "Analyst",
-                    "Competitor",
-                    "Customer",
-                    "Distributor",
-                    "Integrator",
-                    "Investor",
-                    "Other",
-                    "Partner",
-                    "Press",
-                    "Prospect",
-                    "Reseller",
-                    "Supplier",
-                    "Vendor",
-                ),
-            ),
-            _f("Annual_Revenue", FieldType.CURRENCY),
-            _f("Employees", FieldType.INTEGER),
-            _text("Billing_City", max_length=100),
-            _text("Billing_Country", max_length=100),
-            _f("Description", FieldType.TEXTAREA),
-            _text("External_Account_ID", external=True),
-        ),
-    )
-    deals = ModuleSpec(
-        api_name="Deals",
-        duplicate_check_fields=("Deal_Name",),
-        fields=(
-            _text("Deal_Name", max_length=120, mandatory=True),
-            _f("Amount", FieldType.CURRENCY),
-            _f("Stage", FieldType.PICKLIST, values=_STAGES),
-            _f("Pipeline", FieldType.PICKLIST, values=("Standard (Standard)",)),
-            _f("Type", FieldType.PICKLIST, values=("Existing Business", "New Business")),
-            _f("Closing_Date", FieldType.DATE),
-            _f("Probability", FieldType.PERCENT),
-            _f("Account_Name", FieldType.LOOKUP, lookup_module="Accounts"),
-            _f("Contact_Name", FieldType.LOOKUP, lookup_module="Contacts"),
-            _f("Lead_Source", FieldType.PICKLIST, values=_LEAD_SOURCES),
-            _text("Next_Step", max_length=100),
-            _f("Description", FieldType.TEXTAREA),
-            _text("External_Deal_ID", external=True),
-        ),
-    )
-    products = ModuleSpec(
-        api_name="Products",
-        duplicate_check_fields=("Product_Name",),
-        fields=(
-            _text("Product_Name", max_length=200, mandatory=True),
-            _text("Product_Code", max_length=40),
-            _f("Unit_Price", FieldType.CURRENCY),
-            _f("Qty_in_Stock", FieldType.DOUBLE),
-            _f("Product_Active", FieldType.BOOLEAN),
-            _f("Product_Category", FieldType.PICKLIST, values=("Hardware", "Software", "CRM Applications")),
-            _text("Manufacturer", max_length=100),
-            _f("Description", FieldType.TEXTAREA),
-            _text("External_Product_ID", external=True),
-        ),
-    )
-    campaigns = ModuleSpec(
-        api_name="Campaigns",
-        duplicate_check_fields=("Campaign_Name",),
-        fields=(
-            _text("Campaign_Name", max_length=200, mandatory=True),
-            _f(
-                "Type",
-                FieldType.PICKLIST,
-                values=(
-                    "Advertisement",
-                    "Banner Ads",
-                    "Conference",
-                    "Direct mail",
-                    "Email",
-                    "Partner",
-                    "Public Relations",
-                    "Referral Program",
-                    "Telemarketing",
-                    "Trade Show",
-                    "Webinar",
-                    "Others",
-                ),
-            ),
-            _f("Status", FieldType.PICKLIST, values=("Planning", "Active", "Inactive", "Complete")),
-            _f("Start_Date", FieldType.DATE),
-            _f("End_Date", FieldType.DATE),
-            _f("Expected_Revenue", FieldType.CURRENCY),
-            _f("Budgeted_Cost", FieldType.CURRENCY),
-            _f("Actual_Cost", FieldType.CURRENCY),
-            _f("Description", FieldType.TEXTAREA),
-        ),
-    )
-    price_books = ModuleSpec(
-        api_name="Price_Books",
-        duplicate_check_fields=("Price_Book_Name",),
-        fields=(
-            _text("Price_Book_Name", max_length=120, mandatory=True),
-            _f("Active", FieldType.BOOLEAN),
-            _f("Pricing_Model", FieldType.PICKLIST, values=("Flat", "Differential")),
-            _f("Description", FieldType.TEXTAREA),
-        ),
-    )
-    member_status = (_f("Member_Status", FieldType.PICKLIST, values=_MEMBER_STATUS),)
-    relations = (
-        # Contact_Role holds the id of a contact role, e.g. "111111000000026002" in the Zoho docs.
-        RelationSpec(
-            a_module="Contacts",
-            a_list="Deals",
-            b_module="Deals",
-            b_list="Contacts",
-            fields=(_f("Contact_Role", FieldType.LOOKUP),),
-        ),
-        RelationSpec(a_module="Campaigns", a_list="Leads", b_module="Leads", b_list="Campaigns", fields=member_status),
-        RelationSpec(
-            a_module="Campaigns",
-            a_list="Contacts",
-            b_module="Contacts",
-            b_list="Campaigns",
-            fields=member_status,
-        ),
-        RelationSpec(a_module="Products", a_list="Leads", b_module="Leads", b_list="Products", fields=_LIST_PRICE),
-        RelationSpec(
-            a_module="Products", a_list="Accounts", b_module="Accounts", b_list="Products", fields=_LIST_PRICE
-        ),
-        RelationSpec(
-            a_module="Products", a_list="Contacts", b_module="Contacts", b_list="Products", fields=_LIST_PRICE
-        ),
-        RelationSpec(a_module="Products", a_list="Deals", b_module="Deals", b_list="Products", fields=_LIST_PRICE),
-        RelationSpec(
-            a_module="Products",
-            a_list="Price_Books",
-            b_module="Price_Books",
-            b_list="Products",
-            fields=_LIST_PRICE,
-        ),
-    )
-    return Schema(modules=(leads, contacts, accounts, deals, products, campaigns, price_books), relations=relations)
-
-
-DEFAULT_SCHEMA = default_schema()
+# The checker of every type but LOOKUP (which also needs the known ids).
+_CHECKS: Mapping[FieldType, Callable[[FieldSpec, JSON], JSON]] = {
+    **dict.fromkeys(_STRING_TYPES, _check_text),
+    **dict.fromkeys(_INT_LIMITS, _check_integer),
+    **dict.fromkeys(_NUMBER_TYPES, _check_number),
+    FieldType.BOOLEAN: _check_boolean,
+    FieldType.DATE: _check_date,
+    FieldType.DATETIME: _check_datetime,
+    FieldType.PICKLIST: _check_picklist,
+    FieldType.MULTISELECTPICKLIST: _check_multiselect,
+}
