@@ -11,8 +11,9 @@
   is measured from the moment the CRM answers again to the moment the sandbox applies its write.
 
 Also reported: writes the sandbox applied more than once (a restart must never re-send a row it already
-applied). Prints p50/p95/p100 of each figure. The sandbox runs in this process (its state and the time of
-each applied write are read directly); the watch is a separate process, as a user runs it.
+applied). Prints p50/p95/p100 of each figure. The sandbox runs in this process (its state and its history of
+applied writes, each with the time it was applied, are read directly); the watch is a separate process, as a
+user runs it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import anyio
 from anyio.abc import Process
@@ -42,27 +42,43 @@ WATCH = (sys.executable, "-m", "syncengine", "--json-logs", "watch")
 
 
 class Applied:
-    """The time the sandbox applied each (key, Last_Name) write: wraps its dispatch, in this process."""
+    """When the sandbox first applied each (key, Last_Name) write, and how often: read from its history
+    (``record_history``), whose entries carry the time each write was applied."""
 
     def __init__(self, sb: Sandbox) -> None:
-        self.at: dict[tuple[str, str], float] = {}
-        self.count: Counter[tuple[str, str]] = Counter()
-        original = sb._dispatch
+        self._state = sb.state
+        self._seen = len(sb.state.history)  # count from now on, as a fresh observer would
+        self._at: dict[tuple[str, str], float] = {}
+        self._count: Counter[tuple[str, str]] = Counter()
 
-        def dispatch(r: Any, request: Any, body: Any, data: list[Any], ids: list[str]) -> Any:
-            reply = original(r, request, body, data, ids)
-            now = time.monotonic()
-            for record in data:
-                if isinstance(record, dict) and "External_Contact_ID" in record:
-                    key = (str(record["External_Contact_ID"]), str(record.get("Last_Name")))
-                    self.at.setdefault(key, now)
-                    self.count[key] += 1
-            return reply
+    def _read(self) -> None:
+        entries = self._state.history_since(self._seen)
+        self._seen += len(entries)
+        for entry in entries:
+            # An entry names the record by its id; the watch addresses it by its external ID.
+            record = self._state.get_record(str(entry["module"]), str(entry["id"]))
+            if record is None or "External_Contact_ID" not in record:
+                continue
+            fields, at = entry["fields"], entry["at"]
+            assert isinstance(fields, dict) and isinstance(at, float), entry
+            key = (str(record["External_Contact_ID"]), str(fields.get("Last_Name")))
+            self._at.setdefault(key, at)
+            self._count[key] += 1
 
-        sb._dispatch = dispatch  # type: ignore[method-assign]
+    @property
+    def at(self) -> dict[tuple[str, str], float]:
+        """The Unix time each write was first applied (``time.time()``, the history's clock)."""
+        self._read()
+        return self._at
+
+    @property
+    def count(self) -> Counter[tuple[str, str]]:
+        self._read()
+        return self._count
 
     def has(self, writes: Sequence[tuple[str, str]]) -> bool:
-        return all(w in self.at for w in writes)
+        at = self.at
+        return all(w in at for w in writes)
 
     def twice(self) -> int:
         return sum(1 for n in self.count.values() if n > 1)
@@ -187,7 +203,7 @@ async def outage_figures(
                     sb.set_faults(error_rate=0.0)
                 else:
                     await sb.start()
-                up = time.monotonic()
+                up = time.time()  # the clock of the history's "at"
                 await wait_for(functools.partial(applied.has, expected), 120, "recovery")
                 got = [applied.at[e] - up for e in expected]
                 lags[kind] += got
@@ -219,7 +235,7 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="watch-latency-") as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        options = SandboxOptions(latency_ms=(low, high), port=free_port(), refresh_limit=0)
+        options = SandboxOptions(latency_ms=(low, high), port=free_port(), refresh_limit=0, record_history=True)
         async with Sandbox(options) as sb:
             sb.state.load(
                 {"records": {"Contacts": [{"External_Contact_ID": f"C{i}", "Last_Name": "X"} for i in range(CONTACTS)]}}

@@ -68,27 +68,33 @@ def stream(erp: Path) -> dict[str, Any]:
 
 
 class Applied:
-    """Every (key, Last_Name) write the sandbox applied, counted: wraps its dispatch in this process."""
+    """Every (key, Last_Name) write the sandbox applied since this was made, counted: read from its history."""
 
     def __init__(self, sb: Sandbox) -> None:
-        self.count: Counter[tuple[str, str]] = Counter()
-        original = sb._dispatch
+        self._state = sb.state
+        self._seen = len(sb.state.history)  # count from now on, as a fresh observer would
+        self._count: Counter[tuple[str, str]] = Counter()
 
-        def dispatch(r: Any, request: Any, body: Any, data: list[Any], ids: list[str]) -> Any:
-            reply = original(r, request, body, data, ids)
-            for record in data:
-                self.count[(str(record.get("External_Contact_ID")), str(record.get("Last_Name")))] += 1
-            return reply
-
-        sb._dispatch = dispatch  # type: ignore[method-assign]
+    @property
+    def count(self) -> Counter[tuple[str, str]]:
+        entries = self._state.history_since(self._seen)
+        self._seen += len(entries)
+        for entry in entries:
+            # An entry names the record by its id; the engine addresses it by its external ID.
+            record = self._state.get_record(str(entry["module"]), str(entry["id"])) or {}
+            fields = entry["fields"]
+            name = fields.get("Last_Name") if isinstance(fields, dict) else None
+            self._count[(str(record.get("External_Contact_ID")), str(name))] += 1
+        return self._count
 
     def has(self, writes: set[tuple[str, str]]) -> bool:
-        return all(w in self.count for w in writes)
+        count = self.count
+        return all(w in count for w in writes)
 
 
 @pytest.fixture
 async def sandbox() -> Any:
-    async with Sandbox(SandboxOptions(latency_ms=(30.0, 60.0), refresh_limit=0)) as sb:
+    async with Sandbox(SandboxOptions(latency_ms=(30.0, 60.0), refresh_limit=0, record_history=True)) as sb:
         sb.state.load(
             {"records": {"Contacts": [{"External_Contact_ID": f"C{i}", "Last_Name": "X"} for i in range(CONTACTS)]}}
         )

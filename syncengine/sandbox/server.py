@@ -87,7 +87,6 @@ class Sandbox:
         self._rng = random.Random(self._options.seed)
         self._token_rng = random.Random(self._options.seed + 1)  # token delays never shift CRM faults
         self._shuffle_rng = random.Random(self._options.seed + 2)
-        self._calling: Call | None = None  # the call ``_dispatch`` applies (its COQL query rides here)
         self._busy: Counter[Hashable] = Counter()
         self._open = asyncio.Event()  # cleared by pause(): admitted calls wait here
         self._open.set()
@@ -337,8 +336,7 @@ class Sandbox:
                 await _sleep_until(deadline)
                 stats.drops_before += 1
                 return self._drop(request)
-            self._calling = call
-            reply = self._dispatch(call.route, request, call.body, call.data, call.ids)
+            reply = self._dispatch(call, request)
             response = _json(reply, self._credit_headers())
             await _sleep_until(deadline)
             if dropped:
@@ -354,12 +352,8 @@ class Sandbox:
                 if not busy[key]:
                     del busy[key]
 
-    def _dispatch(self, r: Route, request: web.Request, body: Any, data: list[Any], ids: list[str]) -> Reply:
-        """Apply an admitted call and answer it, shaped by the profile. Tests and benchmarks wrap this hook."""
-        call = self._calling
-        if call is None or call.route is not r:
-            call = Call(route=r, body=body, data=data, ids=ids)
-        self._calling = None
+    def _dispatch(self, call: Call, request: web.Request) -> Reply:
+        """Apply an admitted call and answer it, shaped by the profile."""
         opts = self._options
         ctx = Context(state=self.state, options=opts, stats=self.stats, rng=self._rng, shuffle_rng=self._shuffle_rng)
         return shape(ctx, call, dispatch(ctx, call, request.query))

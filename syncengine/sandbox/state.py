@@ -13,15 +13,17 @@ The state does no validation of its own: the request handlers validate first, th
 ``insert``/``update``/``link``/``unlink``. With ``record_history`` on, each of those that applied something
 appends one entry to ``history``, in apply order (seed loads do not: they are not writes):
 ``{"n": 1, "op": "insert"|"update"|"link"|"unlink", "module": ..., "id": ..., "fields": {...},
-"related_module": ... or None, "related_id": ... or None}``. ``n`` counts from 1; for links, ``id`` is the
-record of the module the call addressed. ``clear`` forgets the history too. Seed files (JSON or JSONL, see
-``load``) are trusted. Inspection methods (``get_record``, ``find_by_field``, ``related``, ...) return
-copies, so a test can never change the state by accident.
+"related_module": ... or None, "related_id": ... or None, "at": 1700000000.123456}``. ``n`` counts from 1; for
+links, ``id`` is the record of the module the call addressed; ``at`` is when it was applied (Unix time, in
+seconds), so a client can measure how long a change took to reach the CRM. ``clear`` forgets the history
+too. Seed files (JSON or JSONL, see ``load``) are trusted. Inspection methods (``get_record``,
+``find_by_field``, ``related``, ...) return copies, so a test can never change the state by accident.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -149,6 +151,7 @@ class SandboxState:
                 "fields": dict(fields),
                 "related_module": related[0] if related else None,
                 "related_id": related[1] if related else None,
+                "at": time.time(),
             }
         )
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
@@ -137,12 +138,16 @@ async def test_a_write_dropped_after_apply_is_in_the_history(hsb: Sandbox, hapi:
 
 
 async def test_endpoint_serves_since_and_reset_clears(hsb: Sandbox, hapi: Api) -> None:
-    """GET /__sandbox/history?since=N serves the entries after N; POST /__sandbox/reset empties it."""
+    """GET /__sandbox/history?since=N serves the entries after N, each stamped with when it was applied; POST
+    /__sandbox/reset empties it."""
+    before = time.time()
     for title in ("A", "B", "C"):
         await hapi.call("PUT", "/crm/v7/Contacts", json={"data": [{"id": CONTACT, "Title": title}]})
+    after = time.time()
     res = await hapi.admin("GET", "history")
     assert res.status == 200 and [e["fields"]["Title"] for e in res.body["history"]] == ["A", "B", "C"]
-    assert res.body["history"][0] == {
+    first = res.body["history"][0]
+    assert first == {
         "n": 1,
         "op": "update",
         "module": "Contacts",
@@ -150,7 +155,10 @@ async def test_endpoint_serves_since_and_reset_clears(hsb: Sandbox, hapi: Api) -
         "fields": {"Title": "A"},
         "related_module": None,
         "related_id": None,
+        "at": first["at"],
     }
+    stamps = [e["at"] for e in res.body["history"]]
+    assert before <= stamps[0] <= stamps[1] <= stamps[2] <= after  # when each was applied, in Unix seconds
     since = (await hapi.admin("GET", "history?since=2")).body["history"]
     assert [e["n"] for e in since] == [3]
     assert (await hapi.admin("GET", "history?since=9")).body == {"history": []}
