@@ -1,7 +1,7 @@
 """The command line: the only place that reads argv and the environment, and configures logging.
 
-Exit codes: 0 every change SUCCESS (or skipped), 1 some changes not SUCCESS, 2 usage or config error,
-130 interrupted (the run is resumable).
+Exit codes: 0 every change SUCCESS (or skipped), 1 some changes not SUCCESS (or the run paused: a token
+lockout, spent credits, an outage), 2 usage, config or credentials error, 130 interrupted (the run is resumable).
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import functools
 import gc
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,6 +28,7 @@ from syncengine.pipeline import Redrive, RunOptions
 from syncengine.runner import EXIT_INTERRUPTED, EXIT_USAGE, exit_code, run_with_progress
 
 __all__ = [
+    "TOKEN_CACHE_ENV",
     "cli",
     "demo",
     "execute",
@@ -40,6 +42,8 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+
+TOKEN_CACHE_ENV = "SYNCENGINE_TOKEN_CACHE"  # the token cache file, over crm.token_cache; "off": none
 
 
 def _console() -> Console:
@@ -351,7 +355,18 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 def _load(path: Path) -> Config:
-    return _guard(lambda: load_config(path))
+    return _token_cache_from_env(_guard(lambda: load_config(path)), os.environ)
+
+
+def _token_cache_from_env(config: Config, environ: Mapping[str, str]) -> Config:
+    """SYNCENGINE_TOKEN_CACHE names the token cache file (over crm.token_cache), or ``off``: none."""
+    value = environ.get(TOKEN_CACHE_ENV, "").strip()
+    if not value:
+        return config
+    path = None if value.lower() in ("off", "false", "0", "none") else Path(value).expanduser().resolve()
+    if path is not None and path == config.ledger.path.resolve():
+        _fail(f"{TOKEN_CACHE_ENV}: a file of its own, not the ledger ({path})")
+    return replace(config, crm=replace(config.crm, token_cache=path))
 
 
 def _ledger_path(config_file: Path | None, ledger_path: Path | None) -> Path:

@@ -2,8 +2,8 @@
 
 - ``RunControl`` is the outside's handle: ``stop`` (calls in flight finish) and ``abort`` (they are cancelled).
 - ``RunStops`` is what the stages call: ``stop(error)`` when nothing more may be sent (credits, budget,
-  credentials, an outage, the journal), ``halt(stream, code, message)`` when a stream's config is wrong,
-  ``source_failed(stream, error)`` when a source cannot be read. It keeps what it was told, and ``end()``
+  credentials, a token lockout, an outage, the journal), ``halt(stream, code, message)`` when a stream's config
+  is wrong, ``source_failed(stream, error)`` when a source cannot be read. It keeps what it was told, and ``end()``
   says how the run ended, as a ``RunEnd``: the ledger state, the summary and the exit code all follow from it.
 """
 
@@ -16,7 +16,15 @@ import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
 from syncengine.batcher import Batcher
-from syncengine.errors import AuthError, LedgerError, SecretsError, SourceError, SyncError, TransportError
+from syncengine.errors import (
+    AuthError,
+    LedgerError,
+    SecretsError,
+    SourceError,
+    SyncError,
+    TokenLockout,
+    TransportError,
+)
 from syncengine.ledger.values import RunState
 from syncengine.model import Outcome
 
@@ -30,7 +38,7 @@ class RunEnd(Enum):
 
     COMPLETED = "completed"  # every stream was read to its end
     HALTED = "halted"  # a stream stopped on a config error or an unreadable source; the others went on
-    PAUSED = "paused"  # sending stopped on purpose (budget, spent credits, an outage): the rest is pending
+    PAUSED = "paused"  # sending stopped to try later (budget, spent credits, an outage, a token lockout): resumable
     FATAL = "fatal"  # sending stopped on what only the user can fix (credentials, a certificate)
     INTERRUPTED = "interrupted"  # stopped on request (Ctrl-C, SIGTERM): the rest is pending
     LEDGER_FAILED = "ledger_failed"  # the ledger could not be written: what was committed stays
@@ -45,7 +53,12 @@ class RunEnd(Enum):
 
 
 def _fatal(error: Exception) -> bool:
-    """Only the user can fix it: refused credentials, unreadable secrets, a call no retry can make."""
+    """Only the user can fix it: refused credentials, unreadable secrets, a call no retry can make.
+
+    A token lockout ("Access Denied") is not: it lifts by itself, and the run pauses until it does.
+    """
+    if isinstance(error, TokenLockout):
+        return False
     return isinstance(error, AuthError | SecretsError) or (isinstance(error, TransportError) and not error.retryable)
 
 

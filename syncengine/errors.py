@@ -10,7 +10,9 @@
     └── CrmError               talking to Zoho CRM
         ├── TransportError     the call did not complete: timeout, refused or dropped connection
         │                      (``maybe_sent`` says whether the CRM may have applied it)
-        ├── AuthError          the accounts server refused to issue a token (e.g. invalid_client, Access Denied)
+        ├── AuthError          the accounts server refused to issue a token (invalid_client, invalid_code, ...)
+        │   ├── TokenLockout   "Access Denied": too many token requests; not the credentials (``retry_at``)
+        │   └── TokenRefused   the CRM refused the tokens the accounts server had just issued (a wrong data centre)
         ├── StreamHalted       a request-level error that says the config is wrong (INVALID_MODULE, ...)
         ├── CreditsExhausted   429s outlasted the backoff: the org's daily credits look spent
         ├── BudgetReached      the configured credit budget would be exceeded: the rest stays pending
@@ -18,6 +20,8 @@
 """
 
 from __future__ import annotations
+
+import time
 
 __all__ = [
     "AuthError",
@@ -31,6 +35,8 @@ __all__ = [
     "SourceError",
     "StreamHalted",
     "SyncError",
+    "TokenLockout",
+    "TokenRefused",
     "TransportError",
 ]
 
@@ -87,12 +93,71 @@ class TransportError(CrmError):
 
 
 class AuthError(CrmError):
-    """The accounts server refused to issue an access token."""
+    """The accounts server refused to issue an access token; ``hint`` says what to check."""
 
-    def __init__(self, code: str, description: str = "") -> None:
+    def __init__(self, code: str, description: str = "", hint: str = "") -> None:
         self.code = code
         self.description = description
-        super().__init__(f"token refresh refused: {code}" + (f" ({description})" if description else ""))
+        self.hint = hint
+        text = f"token refresh refused: {code}" + (f" ({description})" if description else "")
+        super().__init__(text + (f": {hint}" if hint else ""))
+
+
+class TokenLockout(AuthError):
+    """The token endpoint said "Access Denied" (in any language): too many token requests, not bad credentials.
+
+    Zoho allows 10 tokens per refresh token in 10 minutes and lifts the lockout only once it has been left
+    alone for a while (15-30 minutes, integrators report; a request during it restarts it). ``retry_at``
+    (``time.time()``) is when to ask again: a run pauses until then, a watch waits.
+    """
+
+    def __init__(self, code: str, description: str = "", *, retry_at: float) -> None:
+        self.code = code
+        self.description = description
+        self.hint = ""
+        self.retry_at = retry_at
+        when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(retry_at))
+        said = f"{code}" + (f" ({description})" if description else "")
+        CrmError.__init__(
+            self,
+            f"the token endpoint locked us out: {said}; too many tokens were asked for in a short time (Zoho "
+            f"allows 10 per 10 minutes) and it answers again only after a quiet spell: retry after {when}",
+        )
+
+
+class TokenRefused(AuthError):
+    """The CRM refused (INVALID_TOKEN) ``refreshes`` fresh tokens in a row that the accounts server had just issued.
+
+    The usual cause is a data-centre mismatch: a token works only on the API host of the data centre that
+    issued it, and ``token_domain`` is the one its response named, ``api_domain`` where the calls went.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        description: str,
+        *,
+        refreshes: int,
+        api_domain: str,
+        token_domain: str | None,
+        data_centre: str | None,
+        accounts_url: str,
+    ) -> None:
+        self.code, self.description, self.hint = code, description, ""
+        self.refreshes, self.api_domain, self.token_domain = refreshes, api_domain, token_domain
+        self.data_centre, self.accounts_url = data_centre, accounts_url
+        configured = f'crm.data_centre = "{data_centre}"' if data_centre else "crm.api_domain"
+        if token_domain and token_domain != api_domain:
+            why = f"a data-centre mismatch: the tokens were issued for {token_domain}, the calls go to {api_domain}"
+        else:
+            why = f"likely a data-centre mismatch: {accounts_url} issues the tokens, {api_domain} refuses them"
+        why += f" ({configured})"
+        CrmError.__init__(
+            self,
+            f"the CRM at {api_domain} refused {refreshes} fresh access tokens in a row ({code}: {description}): "
+            f"{why}. Set crm.data_centre to the org's data centre, or crm.api_domain and crm.accounts_url to "
+            "hosts of the same data centre",
+        )
 
 
 class StreamHalted(CrmError):

@@ -3,7 +3,8 @@
     readers ──Change──► batcher ──Payload──► workers ──Outcome──► ledger writer
 
 ``Run`` opens what a run needs (the ledger, its plan, the call journal, the transport, tokens, limits, the
-sender and the batcher) and holds the task groups: the writer outlives every stage, and every stage reports
+sender and the batcher; the first token is fetched while the ledger opens, so that refused credentials stop
+the run before any row is read) and holds the task groups: the writer outlives every stage, and every stage reports
 through ``RunStops`` (``control.py``), which says at the end how the run ended (``RunEnd``). What each stream
 reads is its source's (``sources.py``); what a resumed or re-driven run skips is the plan's (``plan.py``).
 """
@@ -22,12 +23,13 @@ import anyio
 import structlog
 
 from syncengine.batcher import Batcher
-from syncengine.config import Config, Secrets, SourceConfig, StreamConfig
+from syncengine.config import Config, CrmConfig, Secrets, SourceConfig, StreamConfig
 from syncengine.control import RunControl, RunEnd, RunStops
-from syncengine.crm.auth import TokenProvider
+from syncengine.crm.auth import LockoutPolicy, TokenProvider
+from syncengine.crm.tokencache import TokenCache
 from syncengine.crm.transport import Transport
 from syncengine.dryrun import DryRunSender
-from syncengine.errors import LedgerError
+from syncengine.errors import LedgerError, SyncError, TransportError
 from syncengine.intake import Intake
 from syncengine.ledger import LedgerWriter, RunSummary, SqliteLedger
 from syncengine.ledger.checkpoints import Checkpoints
@@ -59,6 +61,7 @@ class RunOptions:
     watch: float | None = None  # follow the sources, polling every this many seconds, until stopped
     environ: Mapping[str, str] | None = None  # where a postgres source's DSN variable is looked up
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    lockout: LockoutPolicy = field(default_factory=LockoutPolicy)  # "Access Denied": a run pauses, a watch waits
     max_buffered: int = 10_000  # changes the batcher may hold: the memory bound of the pipeline
     outcome_buffer: int = 2_000
     stop_timeout: float = 30.0  # after a stop request, how long calls in flight may take to finish
@@ -80,6 +83,10 @@ class RunResult:
     planned_calls: int = 0  # dry run: calls it would make
     planned_credits: int = 0  # dry run: credits they would cost
     credits_left: int | None = None  # of the daily budget, when one is set, at the start of the run
+
+    @property
+    def run_id(self) -> int:
+        return self.summary.run_id
 
     @property
     def fatal(self) -> bool:
@@ -131,58 +138,46 @@ class Run:
         await self._stack.__aexit__(exc_type, exc, tb)
 
     async def _open(self) -> None:
-        config, options, stack = self._config, self._options, self._stack
-        self._ledger, self._history = await _ledgers(stack, config.ledger.path, self._dry_run)
-        self._plan = await make_plan(
-            config,
-            self._ledger,
-            self._source_of,
-            names=options.streams,
-            resume=options.resume,
-            redrive=options.redrive,
-            dry_run=self._dry_run,
-        )
-        # A dry run's throwaway ledger numbers its runs anew: its passes must not pass for a real run's.
-        self._passes = Passes(-1 if self._dry_run else self._plan.run_id)
+        config, options, stack, crm = self._config, self._options, self._stack, self._config.crm
         self._transport = await stack.enter_async_context(
-            Transport(
-                timeout=config.crm.timeout, max_connections=config.crm.concurrency + 2, ca_file=config.crm.ca_file
-            )
-        )
-        self._limits = Limits(
-            concurrency=config.crm.concurrency,
-            sub_concurrency=config.crm.sub_concurrency,
-            requests_per_second=config.crm.requests_per_second,
-        )
-        self._credits = CreditMeter(await _credits_left(config.crm.credit_budget, self._history))
-        self._tokens = (
-            None
-            if self._dry_run or self._secrets is None
-            else TokenProvider(self._transport, config.crm.token_url, self._secrets)
+            Transport(timeout=crm.timeout, max_connections=crm.concurrency + 2, ca_file=crm.ca_file)
         )
         self._batcher = Batcher(max_buffered=options.max_buffered)
-        self._sender: Sends
-        if options.dry_run_path is not None:
-            self._sender = DryRunSender(stack.enter_context(options.dry_run_path.open("wb")), self._stats)
-        else:
-            self._sender = Sender(
-                request=self._transport.request,
-                tokens=self._tokens,
-                limits=self._limits,
-                credits=self._credits,
-                policy=_watch_policy(options),
-                stats=self._stats,
-            )
+        self._tokens = _token_provider(config, self._secrets, self._transport, options)
+        if self._tokens is not None:  # a wait for a lockout ends when the run stops
+            self._tokens.stopping = (self._batcher.stopping, self._control.stop_requested)
+        start = _Start(api_base=crm.api_base)
+        try:
+            async with anyio.create_task_group() as tg:  # the first token while the ledger opens (_first_token)
+                tg.start_soon(_first_token, self._tokens, crm, start, options.watch is not None)
+                self._ledger, self._history = await _ledgers(stack, config.ledger.path, self._dry_run)
+                self._plan = await make_plan(
+                    config,
+                    self._ledger,
+                    self._source_of,
+                    names=options.streams,
+                    resume=options.resume,
+                    redrive=options.redrive,
+                    dry_run=self._dry_run,
+                )
+        except ExceptionGroup as group:  # the fetch raises nothing: the ledger's or the plan's own error
+            raise (group.exceptions[0] if len(group.exceptions) == 1 else group) from None
+        self._api_base = start.api_base
+        # A dry run's throwaway ledger numbers its runs anew: its passes must not pass for a real run's.
+        self._passes = Passes(-1 if self._dry_run else self._plan.run_id)
+        self._limits = Limits(
+            concurrency=crm.concurrency,
+            sub_concurrency=crm.sub_concurrency,
+            requests_per_second=crm.requests_per_second,
+        )
+        self._credits = CreditMeter(await _credits_left(crm.credit_budget, self._history))
+        self._sender = _sender(options, stack, self._transport, self._tokens, self._limits, self._credits, self._stats)
         self._outcomes, self._receive = anyio.create_memory_object_stream[Outcome](options.outcome_buffer)
         self._stops = RunStops(self._control, self._batcher, self._outcomes)
+        if start.stop is not None:
+            self._stops.stop(start.stop)  # before a row is read: the run ends with nothing sent
         self._checkpoints = Checkpoints(self._plan.start_after)
-        self._unchanged = {
-            s.name: SkipUnchanged(
-                s.name, self._passes, chains=self._history, full=options.full, retry_of=self._plan.retry_of
-            )
-            for s in self._plan.streams
-            if self._history is not None
-        }
+        self._unchanged = _skips(self._plan, self._passes, self._history, full=options.full)
 
     def _source_of(self, stream: StreamConfig) -> StreamSource:
         source = source_of(stream, redrive=self._options.redrive, environ=self._options.environ)
@@ -197,7 +192,7 @@ class Run:
             # Every call is journaled right before it goes out: a resume knows what this process may have sent.
             journal = self._stack.enter_context(CallJournal(journal_path(config.ledger.path, plan.run_id)))
         settings = WorkerSettings(
-            api_base=config.crm.api_base,
+            api_base=self._api_base,
             trigger=config.crm.trigger,
             policy=_watch_policy(self._options),
             persistent=self._options.watch is not None,
@@ -276,21 +271,12 @@ class Run:
             decisions.committed(batch)
 
     def _announce(self) -> None:
-        plan, options = self._plan, self._options
-        _log.info(
-            "syncengine.run_started",
-            run_id=plan.run_id,
-            streams=[s.name for s in plan.streams],
-            dry_run=self._dry_run,
-            resumed=options.resume is not None,
-            retry_of=options.redrive.run_id if options.redrive else None,
-        )
-        telemetry = self._telemetry
+        _log_started(self._plan, self._options, self._dry_run)
+        telemetry, tokens = self._telemetry, self._tokens
         if telemetry is not None:
-            tokens = self._tokens
             telemetry.progress, telemetry.stats, telemetry.limits = self._progress, self._stats, self._limits
             telemetry.refreshes = (lambda: tokens.refreshes) if tokens is not None else (lambda: 0)
-            telemetry.run_id, telemetry.state = plan.run_id, "running"
+            telemetry.run_id, telemetry.state = self._plan.run_id, "running"
 
     async def _finish(self) -> RunSummary | None:
         """Ctrl-C or a crash still closes the run in the ledger with what was committed."""
@@ -328,6 +314,56 @@ class Run:
         )
 
 
+@dataclass(slots=True, kw_only=True)
+class _Start:
+    """What the token fetch at the start found: where the calls go, and what stops the run before it reads."""
+
+    api_base: str
+    stop: SyncError | None = None
+
+
+async def _first_token(tokens: TokenProvider | None, crm: CrmConfig, start: _Start, watch: bool) -> None:
+    """One token fetch at the start, while the ledger opens and the plan is made, so that what no call can get
+    past stops the run before any row is read: refused credentials (fatal, nothing to resume), a lockout or an
+    accounts server out of reach (a run pauses; a watch waited the lockout out as long as its policy allows, and
+    leaves an outage to its workers). A certificate the transport refuses is met again by the first call.
+
+    The token's ``api_domain`` is where the calls go when the config named a data centre.
+    """
+    if tokens is None:
+        return
+    try:
+        await tokens.token()
+    except TransportError as trouble:
+        start.stop = trouble if trouble.retryable and not watch else None
+        return
+    except SyncError as error:  # AuthError (TokenLockout), SecretsError
+        start.stop = error
+        return
+    domain = tokens.call_domain()
+    if domain is not None:
+        start.api_base = f"{domain}/crm/{crm.api_version}"
+
+
+def _token_provider(
+    config: Config, secrets: Secrets | None, transport: Transport, options: RunOptions
+) -> TokenProvider | None:
+    """The run's tokens, shared with the host's other processes through the token cache; a watch waits lockouts
+    out, a run pauses on them."""
+    crm = config.crm
+    if options.dry_run_path is not None or secrets is None:
+        return None
+    return TokenProvider(
+        transport,
+        crm.token_url,
+        secrets,
+        cache=TokenCache(crm.token_cache) if crm.token_cache is not None else None,
+        lockout=replace(options.lockout, wait=options.watch is not None),
+        api_domain=crm.api_domain,
+        data_centre=crm.data_centre,
+    )
+
+
 async def _ledgers(stack: AsyncExitStack, path: Path, dry_run: bool) -> tuple[SqliteLedger, SqliteLedger | None]:
     """The ledger the run writes, and the one its history (chains, credits spent) is read from.
 
@@ -355,6 +391,48 @@ def _open_inputs(plan: Plan, batcher: Batcher, progress: RunProgress) -> None:
         progress.read[stream.name] += plan.prior_read.get(stream.name, 0)
         if stream.name in plan.skip:
             progress.read[stream.name] += plan.skip[stream.name].count_upto(plan.start_after.get(stream.name, 0))
+
+
+def _sender(
+    options: RunOptions,
+    stack: AsyncExitStack,
+    transport: Transport,
+    tokens: TokenProvider | None,
+    limits: Limits,
+    credits: CreditMeter,
+    stats: CallStats,
+) -> Sends:
+    """The run's sender: the real one, or a dry run's, which writes the would-be calls instead."""
+    if options.dry_run_path is not None:
+        return DryRunSender(stack.enter_context(options.dry_run_path.open("wb")), stats)
+    return Sender(
+        request=transport.request,
+        tokens=tokens,
+        limits=limits,
+        credits=credits,
+        policy=_watch_policy(options),
+        stats=stats,
+    )
+
+
+def _skips(plan: Plan, passes: Passes, history: SqliteLedger | None, *, full: bool) -> dict[str, SkipUnchanged]:
+    """Per stream, what decides that a change the CRM already holds is SKIPPED (none without a history)."""
+    if history is None:
+        return {}
+    return {
+        s.name: SkipUnchanged(s.name, passes, chains=history, full=full, retry_of=plan.retry_of) for s in plan.streams
+    }
+
+
+def _log_started(plan: Plan, options: RunOptions, dry_run: bool) -> None:
+    _log.info(
+        "syncengine.run_started",
+        run_id=plan.run_id,
+        streams=[s.name for s in plan.streams],
+        dry_run=dry_run,
+        resumed=options.resume is not None,
+        retry_of=options.redrive.run_id if options.redrive else None,
+    )
 
 
 def _log_finished(run_id: int, summary: RunSummary, stats: CallStats, limits: Limits, elapsed: float) -> None:

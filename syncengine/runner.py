@@ -73,8 +73,10 @@ def _report(config: Config, options: RunOptions, result: RunResult, console: Con
     if result.stopped:
         console.print(f"[yellow]Stopped:[/] {result.stopped}")
     if result.summary.pending and not options.watch:
+        # After a fatal stop a resume helps only once the cause is fixed (credentials, a certificate).
+        first = "Once that is fixed, resume" if result.fatal else "Resume"
         console.print(
-            f"[yellow]{result.summary.pending:,} changes pending.[/] Resume with "
+            f"[yellow]{result.summary.pending:,} changes pending.[/] {first} with "
             f"`syncengine resume {result.summary.run_id} -c {config.file}` "
             f"(or `syncengine run {config.file} --resume`)."
         )
@@ -115,10 +117,12 @@ async def _stop_on_signals(control: RunControl, console: Console) -> None:
 
 def exit_code(result: RunResult) -> int:
     """0 when every change is SUCCESS or SKIPPED, 2 when credentials were refused, 130 when stopped on
-    request, else 1."""
+    request, else 1 (a paused run too, even one that stopped before it read a row: a token lockout)."""
     if result.end is RunEnd.FATAL:
         return EXIT_USAGE
     if result.end is RunEnd.INTERRUPTED:
         return EXIT_OK if result.watched else EXIT_INTERRUPTED  # SIGTERM is how a watch is meant to stop
+    if result.end is RunEnd.PAUSED:
+        return EXIT_NOT_ALL_SUCCESS
     s = result.summary
     return EXIT_OK if s.rejected + s.failed + s.invalid + s.pending == 0 else EXIT_NOT_ALL_SUCCESS

@@ -169,6 +169,30 @@ async def test_run_exits_0_when_every_change_succeeds(tmp_path: Path, sandbox: S
     assert (sandbox.state.find_by_field("Contacts", "External_Contact_ID", "C2") or {})["Last_Name"] == "New2"
 
 
+@pytest.mark.parametrize(
+    ("env", "where"),
+    [
+        pytest.param({}, "syncengine-tokens.json", id="default-beside-the-ledger"),
+        pytest.param({"SYNCENGINE_TOKEN_CACHE": "cache/t.json"}, "cache/t.json", id="from-the-environment"),
+        pytest.param({"SYNCENGINE_TOKEN_CACHE": "off"}, None, id="off"),
+    ],
+)
+async def test_the_token_cache_file(tmp_path: Path, sandbox: Sandbox, env: dict[str, str], where: str | None) -> None:
+    """The token is kept in a 0600 file beside the ledger, or where SYNCENGINE_TOKEN_CACHE says, or nowhere (off);
+    a second run with the cache makes no token request."""
+    sandbox.state.load(seed("C", 1))
+    src = write_csv(tmp_path / "c.csv", HEADER, [["C0", "Ada", "a@example.com"]])
+    write_config(tmp_path / "sync.toml", sandbox.url, [contacts_stream(src)])
+    for _ in range(2):
+        ran = await asyncengine("run", "sync.toml", "--full", cwd=tmp_path, env={**CREDENTIALS, **env})
+        assert ran.code == 0, ran.out + ran.err
+    cached = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.json")]
+    assert cached == ([] if where is None else [where])
+    if where is not None:
+        assert (tmp_path / where).stat().st_mode & 0o777 == 0o600
+    assert sandbox.stats.token_requests == (2 if where is None else 1)
+
+
 async def test_run_exits_1_when_some_changes_are_rejected_or_invalid(tmp_path: Path, sandbox: Sandbox) -> None:
     """An unknown external ID (REJECTED) and a row without a key (INVALID): exit 1, and the summary adds up."""
     sandbox.state.load(seed("C", 2))

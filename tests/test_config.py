@@ -241,6 +241,60 @@ def test_data_centre_values() -> None:
     assert DATA_CENTRES["eu"] == ("https://www.zohoapis.eu", "https://accounts.zoho.eu")
     assert DATA_CENTRES["ca"] == ("https://www.zohoapis.ca", "https://accounts.zohocloud.ca")
     assert DATA_CENTRES["cn"] == ("https://www.zohoapis.com.cn", "https://accounts.zoho.com.cn")
+    # The audit's row 29: the UK (Zoho's accounts multi-dc page) and the UAE (WorkDrive's table, the code index).
+    assert DATA_CENTRES["uk"] == ("https://www.zohoapis.uk", "https://accounts.zoho.uk")
+    assert DATA_CENTRES["ae"] == ("https://www.zohoapis.ae", "https://accounts.zoho.ae")
+
+
+@pytest.mark.parametrize(
+    ("crm", "centre"),
+    [
+        pytest.param('data_centre = "uk"', "uk", id="data-centre"),
+        pytest.param('api_domain = "https://a.example.com"\naccounts_url = "https://b.example.com"', None, id="pair"),
+        pytest.param(
+            'data_centre = "uk"\napi_domain = "https://a.example.com"\naccounts_url = "https://b.example.com"',
+            None,
+            id="pair-wins",
+        ),
+    ],
+)
+def test_the_data_centre_is_kept_only_when_it_chose_the_hosts(tmp_path: Path, crm: str, centre: str | None) -> None:
+    """crm.data_centre is recorded when it chose the hosts (the token's api_domain may then move the calls)."""
+    assert load(tmp_path, f"[crm]\n{crm}\n" + CONTACTS).crm.data_centre == centre
+
+
+def test_the_token_cache_is_beside_the_ledger_by_default(tmp_path: Path) -> None:
+    """No crm.token_cache: the file is syncengine-tokens.json in the ledger's directory, never the ledger."""
+    config = load(tmp_path, CRM + '\n[ledger]\npath = "state/l.db"\n' + CONTACTS)
+    assert config.crm.token_cache == tmp_path / "state" / "syncengine-tokens.json"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param('"tokens/cache.json"', "tokens/cache.json", id="relative"),
+        pytest.param('"/var/tmp/syncengine-tokens.json"', "/var/tmp/syncengine-tokens.json", id="absolute"),
+        pytest.param("false", None, id="off"),
+    ],
+)
+def test_token_cache_setting(tmp_path: Path, value: str, expected: str | None) -> None:
+    """crm.token_cache names the file (relative to the config) or, false, turns the cache off."""
+    config = load(tmp_path, CRM + f"token_cache = {value}\n" + CONTACTS)
+    assert config.crm.token_cache == (None if expected is None else tmp_path / expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        pytest.param("true", "a file path, or false", id="true"),
+        pytest.param("3", "a file path, or false", id="number"),
+        pytest.param('"syncengine.db"', "not the ledger", id="the-ledger"),
+    ],
+)
+def test_a_bad_token_cache_is_named(tmp_path: Path, value: str, message: str) -> None:
+    """A token_cache that is not a path, or is the ledger itself, names the key."""
+    caught = error(tmp_path, CRM + f"token_cache = {value}\n" + CONTACTS)
+    assert caught.key == "crm.token_cache" and message in str(caught)
 
 
 def test_explicit_domains_override_data_centre(tmp_path: Path) -> None:

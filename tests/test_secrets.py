@@ -166,14 +166,22 @@ async def test_no_secret_in_any_output_of_a_faulty_run(tmp_path: Path) -> None:
     ):
         code, outputs[" ".join(args)] = await syncengine(*args, cwd=tmp_path, env=CREDENTIALS)
         assert code == 0, outputs[" ".join(args)]
+    # The token cache holds an access token (that is what it is for) and is the one file that may.
+    cache = tmp_path / "syncengine-tokens.json"
     files = [p async for p in anyio.Path(tmp_path).iterdir() if p.name != "c.csv" and await p.is_file()]
-    assert {"would-be.jsonl", "errors.csv", "all.jsonl", "ledger.db"} <= {p.name for p in files}
+    assert {"would-be.jsonl", "errors.csv", "all.jsonl", "ledger.db", cache.name} <= {p.name for p in files}
     for path in files:  # the ledger and any -wal / -shm, the dry-run requests, the exported reports, the configs
-        outputs[path.name] = (await path.read_bytes()).decode("latin-1")
+        if path.name != cache.name:
+            outputs[path.name] = (await path.read_bytes()).decode("latin-1")
 
     secrets = [CLIENT_SECRET, REFRESH_TOKEN, STATIC_TOKEN, WRONG_SECRET, WRONG_REFRESH, *issued]
     found = {name: leaked for name, text in outputs.items() if (leaked := leaks(text, secrets))}
     assert found == {}
+    # ... but no credential (its keys are hashes), and only its owner may read it.
+    cached = cache.read_text(encoding="utf-8")
+    for value in (CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, STATIC_TOKEN, WRONG_SECRET, WRONG_REFRESH):
+        assert value not in cached and value[len(value) // 4 : len(value) // 4 + 12] not in cached
+    assert cache.stat().st_mode & 0o777 == 0o600
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from syncengine.config.values import (
     DATA_CENTRES,
     FIELD_TYPES,
     SECRET_ENV,
+    TOKEN_CACHE_NAME,
     Config,
     CrmConfig,
     DeleteWhen,
@@ -46,7 +47,7 @@ _TOP_KEYS: Final = ("crm", "ledger", "streams")
 _CRM_KEYS: Final = (
     "data_centre", "api_domain", "accounts_url", "api_version", "concurrency", "sub_concurrency",
     "requests_per_second", "credit_budget", "trigger", "timeout_seconds", "secrets_file",
-    "allow_insecure_http", "ca_file",
+    "allow_insecure_http", "ca_file", "token_cache",
 )  # fmt: skip
 _LEDGER_KEYS: Final = ("path",)
 _STREAM_KEYS: Final = (
@@ -86,9 +87,11 @@ def load_config(path: str | Path) -> Config:
     _refuse_secrets(file, document, "")
     base = Path(path).resolve().parent
     top = Table(file, "", document, _TOP_KEYS)
-    crm = _crm(top.table("crm", _CRM_KEYS), base)
+    crm_table = top.table("crm", _CRM_KEYS)
+    crm = _crm(crm_table, base)
     ledger_path = top.table("ledger", _LEDGER_KEYS).path("path", base) if "ledger" in top else None
     ledger = LedgerConfig(path=ledger_path or base / "syncengine.db")
+    crm = replace(crm, token_cache=_token_cache(crm_table, base, ledger.path))
     streams = _streams(top, base)
     return Config(file=Path(path).resolve(), crm=crm, ledger=ledger, streams=streams)
 
@@ -151,6 +154,7 @@ def _is_loopback(host: str) -> bool:
 def _crm(table: Table, base: Path) -> CrmConfig:
     insecure = table.boolean("allow_insecure_http", False)
     explicit = ("api_domain" in table, "accounts_url" in table)
+    data_centre = None  # set only when it chooses the hosts: then the token's api_domain may move the calls
     if any(explicit):
         if not all(explicit):
             gap = "accounts_url" if explicit[0] else "api_domain"
@@ -160,7 +164,8 @@ def _crm(table: Table, base: Path) -> CrmConfig:
         api_domain = _base_url(table, "api_domain", insecure)
         accounts_url = _base_url(table, "accounts_url", insecure)
     elif "data_centre" in table:
-        api_domain, accounts_url = DATA_CENTRES[table.choice("data_centre", DATA_CENTRES)]
+        data_centre = table.choice("data_centre", DATA_CENTRES)
+        api_domain, accounts_url = DATA_CENTRES[data_centre]
     else:
         raise table.missing("data_centre", "a data centre (" + ", ".join(DATA_CENTRES) + ") or both "
                             "api_domain and accounts_url")  # fmt: skip
@@ -190,7 +195,22 @@ def _crm(table: Table, base: Path) -> CrmConfig:
         secrets_file=table.path("secrets_file", base),
         allow_insecure_http=insecure,
         ca_file=ca_file,
+        data_centre=data_centre,
     )
+
+
+def _token_cache(table: Table, base: Path, ledger: Path) -> Path | None:
+    """Where this host's processes share tokens: ``token_cache`` (a file, or false: none), else beside the ledger."""
+    if "token_cache" not in table:
+        return ledger.parent / TOKEN_CACHE_NAME
+    if table.data["token_cache"] is False:
+        return None
+    if not isinstance(table.data["token_cache"], str):
+        raise table.wrong("token_cache", "a file path, or false for no token cache")
+    path = table.path("token_cache", base)
+    if path is not None and path.resolve() == ledger.resolve():
+        raise table.error("token_cache", "a file of its own, not the ledger")
+    return path
 
 
 def _streams(top: Table, base: Path) -> tuple[StreamConfig, ...]:

@@ -14,6 +14,7 @@ __all__ = [
     "DATA_CENTRES",
     "FIELD_TYPES",
     "SECRET_ENV",
+    "TOKEN_CACHE_NAME",
     "Config",
     "CrmConfig",
     "DeleteWhen",
@@ -26,7 +27,9 @@ __all__ = [
     "StreamConfig",
 ]
 
-# Data centre -> (API domain, accounts server), from zoho-api.md §5.4.
+# Data centre -> (API domain, accounts server), from zoho-api.md §5.4 and the wire-fidelity audit (row 29):
+# accounts servers from Zoho's accounts multi-dc page, API hosts from the Bigin multi-dc page and the SDK's dc/*.py.
+# The token response's api_domain wins over this table's API domain when a run has one (see TokenProvider).
 DATA_CENTRES: Final[Mapping[str, tuple[str, str]]] = {
     "us": ("https://www.zohoapis.com", "https://accounts.zoho.com"),
     "eu": ("https://www.zohoapis.eu", "https://accounts.zoho.eu"),
@@ -36,7 +39,15 @@ DATA_CENTRES: Final[Mapping[str, tuple[str, str]]] = {
     "ca": ("https://www.zohoapis.ca", "https://accounts.zohocloud.ca"),
     "cn": ("https://www.zohoapis.com.cn", "https://accounts.zoho.com.cn"),
     "sa": ("https://www.zohoapis.sa", "https://accounts.zoho.sa"),
+    # accounts.zoho.uk: Zoho's accounts multi-dc page; www.zohoapis.uk: the code index (a second source).
+    "uk": ("https://www.zohoapis.uk", "https://accounts.zoho.uk"),
+    # www.zohoapis.ae: Zoho WorkDrive's multi-DC table and the code index; accounts.zoho.ae follows Zoho's pattern
+    # (unconfirmed by a Zoho page: the token response's api_domain is used when a run gets one).
+    "ae": ("https://www.zohoapis.ae", "https://accounts.zoho.ae"),
 }
+
+# The token cache's file when the config names none: beside the ledger, shared by every config there.
+TOKEN_CACHE_NAME: Final = "syncengine-tokens.json"
 
 FIELD_TYPES: Final = ("string", "integer", "float", "boolean", "date", "datetime", "json")
 
@@ -65,6 +76,8 @@ class CrmConfig:
     secrets_file: Path | None
     allow_insecure_http: bool
     ca_file: Path | None
+    data_centre: str | None = None  # the data centre that chose the hosts; None: an explicit api_domain/accounts_url
+    token_cache: Path | None = None  # the file tokens are shared through by the host's processes; None: none
 
     @property
     def api_base(self) -> str:
