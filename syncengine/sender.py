@@ -17,12 +17,11 @@ from dataclasses import dataclass
 
 import anyio
 
-from syncengine.crm.auth import TokenProvider
+from syncengine.crm.auth import TokenProvider, token_refused
 from syncengine.crm.requests import Call, is_complex, write_credits
 from syncengine.crm.responses import Action, Records, Refused, interpret
 from syncengine.crm.transport import HttpResponse
 from syncengine.errors import (
-    AuthError,
     BudgetReached,
     CreditsExhausted,
     CrmUnavailable,
@@ -328,8 +327,8 @@ class Sender:
             return True
         if action is Action.REFRESH:
             if self._tokens is None or tries.refreshes >= self._policy.auth_attempts:
-                # The token is shared by every stream: no stream can go on.
-                raise AuthError(verdict.code, f"{verdict.message} (after {tries.refreshes} token refreshes)")
+                # The token is shared by every stream: no stream can go on (fresh tokens refused: a wrong data centre).
+                raise token_refused(self._tokens, verdict.code, verdict.message, tries.refreshes)
             tries.refreshes += 1
             self._credits.refund(cost)
             await self._tokens.rejected(token)
