@@ -1,19 +1,20 @@
 """Workers: take a payload, have the sender get it through, and turn every answer into outcomes.
 
 ``Worker`` is the stage between the batcher and the ledger: it turns verdicts into one outcome per change,
-re-sends records the CRM saw locked, bisects a payload the CRM refused as a whole, sends a refused merged
-record again without its last change, waits out outages in a watch, and tells the batcher when a payload's
-keys are free. Getting one call through (limits, token, retries) is the sender's (``sender.py``); a dry run's
-sender writes the call instead (``dryrun.py``). Everything that stops more than one payload is reported to
+re-sends records the CRM saw locked, bisects a payload the CRM refused as a whole (within a cost cap), sends a
+refused merged record again without its last change, waits out outages in a watch, and tells the batcher when
+a payload's keys are free. Getting one call through (limits, token, retries) is the sender's (``sender.py``); a
+dry run's sender writes the call instead (``dryrun.py``). Everything that stops more than one payload is reported to
 ``RunStops`` (``control.py``), the run's one channel.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import structlog
@@ -21,8 +22,18 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from syncengine.batcher import Batcher, net_start
 from syncengine.control import RunStops
-from syncengine.crm.requests import Call, build_call
-from syncengine.crm.responses import Action, Records, Refused, relation_not_found
+from syncengine.crm.requests import Call, build_call, escaped_path_keys, single_form_only
+from syncengine.crm.responses import (
+    UNKNOWN_RESULT,
+    Action,
+    RecordResult,
+    Records,
+    Refused,
+    per_record,
+    relation_not_found,
+    removed_earlier,
+    splittable,
+)
 from syncengine.dryrun import Planned
 from syncengine.errors import (
     AuthError,
@@ -76,6 +87,11 @@ class _Ledger:
 
     tries: dict[int, int] = field(default_factory=dict)  # id(item) -> calls
     emitted: set[int] = field(default_factory=set)  # id(change) of changes with their outcomes out
+    # Bisection: while no call of the payload had a per-record answer, its refusals may be one that no record
+    # causes, so the calls spent splitting it are capped; one per-record answer proves records are the cause.
+    answered: bool = False
+    split_calls: int = 0
+    unsure: set[int] = field(default_factory=set)  # id(item): an answer named no entry for it (maybe applied)
 
     def add(self, items: Sequence[PayloadItem], calls: int) -> None:
         for item in items:
@@ -184,22 +200,36 @@ class Worker:
                     return  # stopping: what has no outcome stays pending, for the next run
 
     async def _send(self, payload: Payload, items: Sequence[PayloadItem], started: float, book: _Ledger) -> None:
+        alone = [i for i in items if single_form_only(payload.target, i.key)] if len(items) > 1 else []
+        if alone:  # a delink key with a comma cannot ride in ?ids=: it goes in a call of its own
+            rest = [i for i in items if not single_form_only(payload.target, i.key)]
+            for group in ([rest] if rest else []) + [[i] for i in alone]:
+                await self._send(payload, group, started, book)
+            return
         pending = list(items)
         last_code, last_message, last_status = "", "", None
         stream = pending[0].changes[0].stream
         for round_ in range(self._policy.record_attempts):
             sub = replace(payload, items=tuple(pending))
             call = build_call(sub, self._settings.api_base, trigger=self._settings.trigger)
-            result = await self._sender.send(sub, call, stream, journal=self._journal_of(stream, pending))
+            try:
+                result = await self._sender.send(sub, call, stream, journal=self._journal_of(stream, pending))
+            except StreamHalted as halted:
+                await self._bad_key(sub, halted, started, book)  # or, when no key can be the cause, raises
+                return
             book.add(pending, result.calls)
-            if not isinstance(result, Sent) or isinstance(result.verdict, Refused):
+            verdict = _per_record(sub, result, book)
+            if verdict is None:
                 await self._settle_call(payload, pending, result, started, book)
                 return
-            verdict = result.verdict
             # Only the first round's records can have been applied by an earlier process: a later round
-            # re-sends records this process saw locked, which is proof they were not.
+            # re-sends records this process saw locked (proof they were not), or whose answer named no
+            # entry for them (``book.unsure``: they may have been).
             earlier = self._settings.possibly_sent if round_ == 0 else None
-            removed = _removed_earlier(payload, pending, verdict, ambiguous=result.ambiguous, earlier=earlier)
+            removed = removed_earlier(
+                payload, pending, verdict, ambiguous=isinstance(result, Sent) and result.ambiguous, earlier=earlier
+            )
+            removed |= {id(i) for i, r in zip(pending, verdict.results, strict=True) if _unsure_removed(i, r, book)}
             retry, refused = await self._settle(pending, verdict, removed, started, book)
             for item in refused:
                 await self._without_last(payload, item, started, book)
@@ -235,22 +265,48 @@ class Worker:
             return
         verdict = result.verdict
         assert isinstance(verdict, Refused)
-        if len(pending) > 1 and _bisectable(payload, verdict):
-            # One bad record can make Zoho refuse the whole body: split to isolate it.
-            half = len(pending) // 2
-            await self._send(payload, pending[:half], started, book)
-            await self._send(payload, pending[half:], started, book)
+        if len(pending) > 1 and splittable(payload, verdict):
+            await self._bisect(payload, pending, verdict, started, book)
             return
-        await self._emit(
-            pending,
-            book,
-            started,
-            status=Status.REJECTED if verdict.action is Action.REJECT else Status.FAILED,
-            code=verdict.code,
-            message=verdict.message,
-            http_status=verdict.http_status,
-            details=verdict.details,
-        )
+        ends = Status.REJECTED if verdict.action is Action.REJECT else Status.FAILED
+        await self._emit(pending, book, started, **_refusal(verdict, ends))
+
+    async def _bisect(
+        self, payload: Payload, pending: list[PayloadItem], verdict: Refused, started: float, book: _Ledger
+    ) -> None:
+        """One bad record can make Zoho refuse the whole body: send the halves, to isolate it.
+
+        A refusal that no record causes refuses every half too, down to single records, and nothing tells the
+        two apart but a part that is answered record by record. Until one is, the calls spent splitting this
+        payload are capped at 2·log2(n) + 2 (n its records; one bad record is isolated within that); the
+        records of the parts left unsent then get the refusal, with a note saying why they were not tried
+        alone. Once a part is answered record by record, the refusals are records' and splitting goes on.
+        """
+        cap = int(2 * math.log2(len(payload.items)) + 2)
+        half = len(pending) // 2
+        for part in (pending[:half], pending[half:]):
+            if not book.answered and book.split_calls >= cap:
+                note = (
+                    f"not tried alone: refused in a call of {len(pending)} records, and every part of its payload "
+                    f"sent ({book.split_calls + 1} calls) was refused as well, as a refusal that no record causes "
+                    f"is; splitting stopped at its cap of {cap} extra calls"
+                )
+                await self._emit(part, book, started, **_refusal(verdict, Status.REJECTED), note=note)
+                continue
+            book.split_calls += 1
+            await self._send(payload, part, started, book)
+
+    async def _bad_key(self, sub: Payload, halted: StreamHalted, started: float, book: _Ledger) -> None:
+        """Zoho refused a URL that carries a record's key (a related call's parent, a single delink's key): when
+        the key needed percent-encoding, Zoho may not route it intact (a "/" decoded into the path reads as one
+        segment more), so the record is refused, BAD_KEY, and the stream goes on. Else the config is wrong."""
+        escaped = escaped_path_keys(sub)
+        url_error = halted.code == "INVALID_URL_PATTERN" or "relation name" in halted.message.lower()
+        if not (escaped and url_error):
+            raise halted
+        book.add(sub.items, 1)
+        message = f"{halted.code}: {halted.message} (the URL carries the key {escaped[0]!r})"
+        await self._emit(sub.items, book, started, status=Status.REJECTED, code="BAD_KEY", message=message)
 
     def _journal_of(self, stream: str, items: Sequence[PayloadItem]) -> Callable[[], object] | None:
         """What the Sender calls when the call is about to go out: one journal line, per record its changes."""
@@ -273,10 +329,12 @@ class Worker:
         refused: list[PayloadItem] = []
         for item, record in zip(pending, verdict.results, strict=True):
             if record.transient:
+                if record.code == UNKNOWN_RESULT:
+                    book.unsure.add(id(item))
                 retry.append(item)
                 continue
-            if not record.success and id(item) not in removed and _divisible(item):
-                refused.append(item)
+            if not record.success and id(item) not in removed and _divisible(item) and record.code != "RECORD_LOCKED":
+                refused.append(item)  # (a lock is the record's, not a value's: its changes alone fare no better)
                 continue
             status, code, message, note = Status.REJECTED, record.code, record.message, None
             if record.success:
@@ -388,41 +446,30 @@ def _divisible(item: PayloadItem) -> bool:
     )
 
 
-def _removed_earlier(
-    payload: Payload,
-    pending: Sequence[PayloadItem],
-    verdict: Records,
-    *,
-    ambiguous: bool,
-    earlier: Callable[[Change], frozenset[int]] | None,
-) -> set[int]:
-    """The delinks answered "relation not found" that an earlier try may really have removed (``id(item)``).
+def _per_record(sub: Payload, result: Sent | GaveUp | Planned, book: _Ledger) -> Records | None:
+    """The call's per-record answer, one result per record in input order (``responses.per_record``)."""
+    if not isinstance(result, Sent):
+        return None
+    book.answered |= isinstance(result.verdict, Records)
+    return per_record(sub, result.verdict)
 
-    An earlier try counts only if it may have reached the CRM (this call retried after a drop or a 5xx, or a
-    journaled call of a killed process carried the change) and nothing shows it was not applied: when the
-    answer removed a relation that an earlier call carried too, that call removed nothing (Zoho applies a
-    call whole), so a "not found" beside it is the CRM's real answer unless another earlier call carried it.
-    """
-    if payload.target.operation is not Operation.DELETE_RELATED or not (ambiguous or earlier is not None):
-        return set()
-    results = list(zip(pending, verdict.results, strict=True))
-    removed_now = [item for item, record in results if record.success]
-    # Retries of this call carried exactly these records: one removed now means none was removed before.
-    this_call = ambiguous and not removed_now
-    calls = {id(item): earlier(item.changes[0]) for item, _ in results} if earlier is not None else {}
-    disproved = frozenset().union(*(calls.get(id(item), frozenset()) for item in removed_now))
+
+def _unsure_removed(item: PayloadItem, record: RecordResult, book: _Ledger) -> bool:
+    """A delink answered "relation not found" after an earlier call's answer named no entry for it: that call
+    may have removed it."""
+    return id(item) in book.unsure and relation_not_found(record) and _is_delink(item)
+
+
+def _is_delink(item: PayloadItem) -> bool:
+    return item.changes[-1].target.operation is Operation.DELETE_RELATED
+
+
+def _refusal(verdict: Refused, status: Status) -> dict[str, Any]:
+    """The outcome fields of records a whole-call refusal ends."""
     return {
-        id(item)
-        for item, record in results
-        if relation_not_found(record) and (this_call or bool(calls.get(id(item), frozenset()) - disproved))
+        "status": status,
+        "code": verdict.code,
+        "message": verdict.message,
+        "http_status": verdict.http_status,
+        "details": verdict.details,
     }
-
-
-def _bisectable(payload: Payload, verdict: Refused) -> bool:
-    """A whole-call 400 that one record may have caused. Not for related calls (the records share a parent,
-    the likelier culprit) nor when Zoho points at the URL (``resource_path_index``) or at ``data`` itself.
-    """
-    if verdict.action is not Action.REJECT or verdict.http_status != 400 or payload.target.is_related:
-        return False
-    details = verdict.details
-    return "resource_path_index" not in details and details.get("api_name") != "data"

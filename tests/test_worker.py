@@ -8,6 +8,7 @@ here the Batcher, RunStops, the outcome stream and the dry-run sender are the re
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -268,10 +269,11 @@ async def test_a_whole_call_400_is_bisected_down_to_the_bad_record() -> None:
     [
         (400, {"api_name": "data"}, UPDATE),
         (400, {"resource_path_index": 0}, UPDATE),
+        (400, {"resource_path_index": 1}, LINK),
         (403, {}, UPDATE),
-        (400, {"api_name": "Email"}, LINK),
+        (404, {"id": "P-1"}, UNLINK),
     ],
-    ids=["points-at-data", "points-at-url", "403", "related-call"],
+    ids=["points-at-data", "points-at-url", "related-points-at-url", "403", "delink-names-the-parent"],
 )
 async def test_a_refusal_no_one_record_caused_rejects_every_record_at_once(
     status: int, details: Mapping[str, JSON], target: Target
@@ -283,6 +285,82 @@ async def test_a_refusal_no_one_record_caused_rejects_every_record_at_once(
     assert len(sender.calls) == 1
     assert result.statuses() == {i: (Status.REJECTED, "INVALID_DATA") for i in range(1, 5)}
     assert all(o.http_status == status and o.details == (details or None) for o in result.outcomes)
+
+
+@pytest.mark.parametrize(
+    ("target", "status"), [(UPDATE, 400), (LINK, 400), (UNLINK, 404)], ids=["update", "related", "delink-404"]
+)
+async def test_a_bad_record_is_isolated_in_related_calls_too(target: Target, status: int) -> None:
+    """A whole-call refusal one record can cause (a related id Zoho finds invalid, a delink naming a deleted
+    record) is split on related calls too: the other records go through."""
+    parent = "P-1" if target.is_related else None
+
+    def rule(payload: Payload) -> Answer:
+        if any(item.key == "C-6" for item in payload.items):
+            return whole_call(status, "INVALID_DATA", {})
+        return per_record(lambda item: success(item.key))(payload)
+
+    sender = ScriptedSender(rule)
+    result = await run([change(i, f"C-{i}", target, parent) for i in range(1, 9)], sender)
+    want = {i: (Status.SUCCESS, "SUCCESS") for i in range(1, 9)} | {6: (Status.REJECTED, "INVALID_DATA")}
+    assert result.statuses() == want
+    assert len(sender.calls) <= 1 + 2 * 3  # two calls per halving, 8 -> 1
+
+
+async def test_a_refusal_no_record_causes_costs_at_most_the_cap() -> None:
+    """Every part refused alike and none answered record by record: at most 2*log2(n)+2 extra calls, then the
+    records never tried alone get the refusal with a note saying why."""
+    sender = ScriptedSender(lambda payload: whole_call(400, "INVALID_DATA", {}))
+    result = await run([change(i, f"C-{i}") for i in range(1, 101)], sender)
+    assert len(sender.calls) == 1 + int(2 * math.log2(100) + 2) == 16
+    assert result.statuses() == {i: (Status.REJECTED, "INVALID_DATA") for i in range(1, 101)}
+    alone = {p.items[0].key for p in sender.calls if len(p.items) == 1}
+    for outcome in result.outcomes:
+        if outcome.change.key in alone:
+            assert outcome.note is None  # the CRM refused it alone: a fact
+        else:
+            assert outcome.note is not None and "cap of 15 extra calls" in outcome.note
+
+
+async def test_once_a_part_is_answered_record_by_record_splitting_goes_on_past_the_cap() -> None:
+    """Eight bad records in 100, spread out: a part answered record by record proves records are the cause, so
+    every good record goes through even though that takes more than the cap."""
+    bad = {f"C-{i}" for i in range(5, 100, 12)}
+
+    def rule(payload: Payload) -> Answer:
+        if any(item.key in bad for item in payload.items):
+            return whole_call(400, "INVALID_DATA", {})
+        return per_record(lambda item: success(item.key))(payload)
+
+    sender = ScriptedSender(rule)
+    result = await run([change(i, f"C-{i}") for i in range(1, 101)], sender)
+    assert result.statuses() == {
+        i: (Status.REJECTED, "INVALID_DATA") if f"C-{i}" in bad else (Status.SUCCESS, "SUCCESS") for i in range(1, 101)
+    }
+    assert all(o.note is None for o in result.outcomes)
+    assert len(sender.calls) > 16
+
+
+async def test_a_persistent_lock_is_rejected_at_once_and_a_merged_record_is_not_split_for_it() -> None:
+    """RECORD_LOCKED by record_locking is the CRM's refusal: REJECTED after one call, with its message; its
+    merged changes are not sent again one by one (the lock, not a value, refused them)."""
+    locked = RecordResult(
+        success=False,
+        transient=False,
+        code="RECORD_LOCKED",
+        message="Sorry, you cannot perform this operation as the record is locked.",
+        details={"api_name": "id", "action": "record_locking"},
+        crm_id=None,
+    )
+    sender = ScriptedSender(per_record(lambda item: locked if item.key == "C-1" else success(item.key)))
+    result = await run([change(1, "C-1", Email="a@x"), change(2, "C-2"), change(3, "C-1", Phone="1")], sender)
+    assert result.statuses() == {
+        1: (Status.REJECTED, "RECORD_LOCKED"),
+        2: (Status.SUCCESS, "SUCCESS"),
+        3: (Status.REJECTED, "RECORD_LOCKED"),
+    }
+    assert len(sender.calls) == 1 and sender.pauses == []
+    assert result.by_seq()[1].message == locked.message
 
 
 async def test_a_refused_merged_record_is_sent_again_without_its_last_change() -> None:

@@ -10,7 +10,7 @@ import orjson
 
 from syncengine.model import JSON, Operation, Payload, PayloadItem, Target
 
-__all__ = ["Call", "build_call", "is_complex", "max_items", "write_credits"]
+__all__ = ["Call", "build_call", "escaped_path_keys", "is_complex", "max_items", "single_form_only", "write_credits"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -25,15 +25,36 @@ class Call:
 
 
 def _seg(value: str) -> str:
-    # External values are free text: a "/" or "?" in one must not change the path.
+    # External values are free text: a "/", "?", "#", "%" or space in one must not change the path.
     return quote(value, safe="")
 
 
 def max_items(target: Target, batch_size: int = 100) -> int:
-    """Records per call. Delinks addressed by an external ID exist only in a one-record form."""
-    if target.operation is Operation.DELETE_RELATED and (target.match_field or target.parent_match_field):
-        return 1
+    """Records per call: 100 for every operation (delinks by external ID in the multi form, ``?ids=``)."""
     return max(1, min(batch_size, 100))
+
+
+def _external_delink(target: Target) -> bool:
+    return target.operation is Operation.DELETE_RELATED and bool(target.match_field or target.parent_match_field)
+
+
+def single_form_only(target: Target, key: str) -> bool:
+    """A delink key that cannot ride in ``?ids=``: an external value with a comma (Zoho splits the list on it)."""
+    return target.operation is Operation.DELETE_RELATED and target.match_field is not None and "," in key
+
+
+def escaped_path_keys(payload: Payload) -> tuple[str, ...]:
+    """The record keys the payload's call puts in its URL path that percent-encoding changed.
+
+    A related call carries the parent's key in its path, a single-form delink the related key too. If Zoho
+    refuses the URL of a call carrying such a key, the key is the likely culprit, not the stream's config.
+    """
+    keys: list[str] = []
+    if payload.target.is_related and payload.parent is not None:
+        keys.append(payload.parent)
+    if _external_delink(payload.target) and len(payload.items) == 1:
+        keys.append(payload.items[0].key)
+    return tuple(key for key in keys if _seg(key) != key)
 
 
 def is_complex(target: Target, records: int) -> bool:
@@ -106,9 +127,11 @@ def build_call(payload: Payload, api_base: str, *, trigger: Sequence[str] | None
     related = f"{module}/{_seg(payload.parent)}/{_seg(target.related_list or '')}"
     if target.operation is Operation.UPDATE_RELATED:
         return Call(method="PUT", url=related, headers=headers, body=_body(payload, trigger))
-    # DELETE_RELATED: by ids, one call for up to 100; by external ID, one call per record.
+    # DELETE_RELATED: up to 100 keys in ``?ids=`` (record ids, or external values with both fields in
+    # X-EXTERNAL, as Zoho's SDK sample does). One key by external value goes in the documented single form.
     no_body = _external_header(target)
-    if len(payload.items) == 1 and (target.match_field or target.parent_match_field):
+    if len(payload.items) == 1 and _external_delink(target):
         return Call(method="DELETE", url=f"{related}/{_seg(payload.items[0].key)}", headers=no_body)
+    assert not any(single_form_only(target, item.key) for item in payload.items), "a comma key goes alone"
     ids = ",".join(item.key for item in payload.items)
     return Call(method="DELETE", url=related, headers=no_body, params=(("ids", ids),))

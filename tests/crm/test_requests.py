@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from syncengine.crm.requests import build_call, max_items
+from syncengine.crm.requests import build_call, escaped_path_keys, max_items, single_form_only
 from syncengine.model import Change, Operation, Payload, PayloadItem, Target
 
 BASE = "https://www.zohoapis.com/crm/v7"
@@ -82,20 +82,64 @@ def test_delete_related_by_ids_is_one_call_with_ids_param() -> None:
     assert max_items(target) == 100
 
 
-def test_delete_related_by_external_id_is_the_single_form() -> None:
-    """Delink by external IDs: one record per call, the related value in the path."""
-    target = Target(
-        operation=Operation.DELETE_RELATED,
-        module="Contacts",
-        related_list="Deals",
-        related_module="Deals",
-        parent_match_field="External_Contact_ID",
-        match_field="External_Deal_ID",
-    )
-    call = build_call(payload(target, ["extdeal3"], parent="extcontact3"), BASE)
-    assert (call.method, call.url) == ("DELETE", f"{BASE}/Contacts/extcontact3/Deals/extdeal3")
+EXTERNAL_DELINK = Target(
+    operation=Operation.DELETE_RELATED,
+    module="Contacts",
+    related_list="Deals",
+    related_module="Deals",
+    parent_match_field="External_Contact_ID",
+    match_field="External_Deal_ID",
+)
+
+
+def test_delete_related_by_external_id_of_one_record_is_the_single_form() -> None:
+    """One delink by external IDs: the documented single form, the related value in the path."""
+    call = build_call(payload(EXTERNAL_DELINK, ["extdeal3"], parent="extcontact3"), BASE)
+    assert (call.method, call.url, call.params) == ("DELETE", f"{BASE}/Contacts/extcontact3/Deals/extdeal3", ())
     assert dict(call.headers)["X-EXTERNAL"] == "Contacts.External_Contact_ID,Deals.External_Deal_ID"
-    assert max_items(target) == 1
+
+
+def test_delete_related_by_external_ids_is_the_multi_form() -> None:
+    """Several delinks by external IDs: one call, the values in ?ids=, both fields in X-EXTERNAL (Zoho's SDK
+    sample), up to 100 per call."""
+    call = build_call(payload(EXTERNAL_DELINK, ["ext 1", "e/2", "e%3"], parent="c/1"), BASE)
+    assert (call.method, call.url, call.body) == ("DELETE", f"{BASE}/Contacts/c%2F1/Deals", None)
+    assert call.params == (("ids", "ext 1,e/2,e%3"),)  # the transport encodes the query
+    assert dict(call.headers)["X-EXTERNAL"] == "Contacts.External_Contact_ID,Deals.External_Deal_ID"
+    assert max_items(EXTERNAL_DELINK) == 100
+
+
+def test_an_external_key_with_a_comma_goes_in_the_single_form_only() -> None:
+    """Zoho splits ?ids= on commas: an external value holding one must go alone, in the path."""
+    assert single_form_only(EXTERNAL_DELINK, "a,b") and not single_form_only(EXTERNAL_DELINK, "a;b")
+    by_ids = Target(operation=Operation.DELETE_RELATED, module="Leads", related_list="Products")
+    assert not single_form_only(by_ids, "1,2")  # record ids never hold one: nothing to split off
+    call = build_call(payload(EXTERNAL_DELINK, ["a,b"], parent="c1"), BASE)
+    assert call.url == f"{BASE}/Contacts/c1/Deals/a%2Cb"
+    with pytest.raises(AssertionError):
+        build_call(payload(EXTERNAL_DELINK, ["a,b", "c"], parent="c1"), BASE)
+
+
+@pytest.mark.parametrize(
+    ("target", "keys", "parent", "escaped"),
+    [
+        pytest.param(EXTERNAL_DELINK, ["d 1"], "c/1", ("c/1", "d 1"), id="single-delink-both"),
+        pytest.param(EXTERNAL_DELINK, ["d 1", "d2"], "c1", (), id="multi-delink-keys-in-query"),
+        pytest.param(EXTERNAL_DELINK, ["d1"], "c#1", ("c#1",), id="parent-hash"),
+        pytest.param(
+            Target(operation=Operation.UPDATE, module="Contacts", match_field="E"),
+            ["a/b"],
+            None,
+            (),
+            id="update-keys-in-body",
+        ),
+    ],
+)
+def test_escaped_path_keys_are_the_keys_encoding_changed_in_the_path(
+    target: Target, keys: list[str], parent: str | None, escaped: tuple[str, ...]
+) -> None:
+    """The keys a URL carries that percent-encoding changed: what BAD_KEY can blame when Zoho refuses the URL."""
+    assert escaped_path_keys(payload(target, keys, parent=parent)) == escaped
 
 
 def test_upsert_posts_with_duplicate_check_fields() -> None:
