@@ -30,6 +30,7 @@ from syncengine.crm.tokencache import TokenCache
 from syncengine.crm.transport import Transport
 from syncengine.dryrun import DryRunSender
 from syncengine.errors import LedgerError, SyncError, TransportError
+from syncengine.external import StrategyReport, ladder_for
 from syncengine.intake import Intake
 from syncengine.ledger import LedgerWriter, RunSummary, SqliteLedger
 from syncengine.ledger.checkpoints import Checkpoints
@@ -83,6 +84,8 @@ class RunResult:
     planned_calls: int = 0  # dry run: calls it would make
     planned_credits: int = 0  # dry run: credits they would cost
     credits_left: int | None = None  # of the daily budget, when one is set, at the start of the run
+    credits: int = 0  # spent by this run's calls (Zoho's cost table; dry run: 0, see planned_credits)
+    external: tuple[StrategyReport, ...] = ()  # per stream updating by external value: how, and its cost
 
     @property
     def run_id(self) -> int:
@@ -171,7 +174,11 @@ class Run:
             requests_per_second=crm.requests_per_second,
         )
         self._credits = CreditMeter(await _credits_left(crm.credit_budget, self._history))
-        self._sender = _sender(options, stack, self._transport, self._tokens, self._limits, self._credits, self._stats)
+        sender = _sender(options, stack, self._transport, self._tokens, self._limits, self._credits, self._stats)
+        client = self._secrets.client_id if self._secrets is not None else None
+        ladder = ladder_for(sender, self._plan.streams, self._api_base, client, store=self._ledger, trigger=crm.trigger)
+        self._ladder = ladder
+        self._sender: Sends = ladder or sender
         self._outcomes, self._receive = anyio.create_memory_object_stream[Outcome](options.outcome_buffer)
         self._stops = RunStops(self._control, self._batcher, self._outcomes)
         if start.stop is not None:
@@ -298,6 +305,7 @@ class Run:
         assert summary is not None  # a ledger failure raised before here
         stats = self._stats
         _log_finished(self._plan.run_id, summary, stats, self._limits, time.monotonic() - self._started)
+        external = self._ladder.report() if self._ladder is not None else ()
         return RunResult(
             summary=summary,
             end=self._end,
@@ -311,6 +319,8 @@ class Run:
             planned_calls=stats.planned_calls,
             planned_credits=stats.planned_credits,
             credits_left=self._credits.budget,
+            credits=self._credits.spent,
+            external=external,
         )
 
 

@@ -88,13 +88,16 @@ def _report(config: Config, options: RunOptions, result: RunResult, console: Con
         )
         if result.credits_left is not None and result.planned_credits > result.credits_left:
             console.print("[yellow]Over budget:[/] the run would stop at the budget with the rest pending.")
+    for used in result.external:
+        console.print(used.line(), highlight=False)
     where = (
         "dry run: nothing recorded"
         if result.summary.dry_run
         else f"ledger {config.ledger.path} (run {result.summary.run_id})"
     )
     console.print(
-        f"calls {result.calls:,} · 429s {result.throttled:,} · token refreshes {result.refreshes} · "
+        f"calls {result.calls:,} · credits {result.credits:,} · 429s {result.throttled:,} · "
+        f"token refreshes {result.refreshes} · "
         f"max in flight {result.max_in_flight} · {where}",
         highlight=False,
     )

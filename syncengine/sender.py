@@ -31,7 +31,18 @@ from syncengine.errors import (
 from syncengine.limits import Backoff, CreditMeter, Limits
 from syncengine.model import Payload
 
-__all__ = ["CallStats", "GaveUp", "Journal", "Outage", "RetryPolicy", "Sender", "Sent", "Stopping", "wait_any"]
+__all__ = [
+    "Answered",
+    "CallStats",
+    "GaveUp",
+    "Journal",
+    "Outage",
+    "RetryPolicy",
+    "Sender",
+    "Sent",
+    "Stopping",
+    "wait_any",
+]
 
 
 class Stopping(Exception):
@@ -91,6 +102,23 @@ class GaveUp:
     http_status: int | None
     calls: int
     ambiguous: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answered:
+    """A read the CRM answered: its response, for the caller to read."""
+
+    response: HttpResponse
+    calls: int
+
+
+def _read_answer(response: HttpResponse) -> Records | Refused:
+    """A read's verdict: any 2xx is the answer (COQL answers 204 when nothing matches); the rest are
+    read as any call's (429, an expired token, a 5xx, a request-level refusal)."""
+    if 200 <= response.status < 300:
+        return Records(http_status=response.status, results=())
+    verdict = interpret(response, 0)
+    return verdict if isinstance(verdict, Refused) else Records(http_status=response.status, results=())
 
 
 # Journals a call before it goes out: (stream, per record its key and the seqs merged into it) -> call id.
@@ -242,11 +270,43 @@ class Sender:
         """
         target = payload.target
         count = len(payload.items)
-        cost = write_credits(target, count)
+        answer = await self._exchange(
+            call,
+            stream,
+            cost=write_credits(target, count),
+            complex_call=is_complex(target, count),
+            journal=journal,
+            read=lambda response: interpret(response, count, related=target.is_related),
+        )
+        if isinstance(answer, GaveUp):
+            return answer
+        verdict, _, tries = answer
+        return Sent(verdict=verdict, calls=tries.calls, ambiguous=tries.ambiguous)
+
+    async def query(self, call: Call, stream: str, *, cost: int) -> Answered | GaveUp:
+        """Send a read (a COQL lookup) with the same limits, token, credits and retries as ``send``: the
+        response is the caller's to read once it is a 2xx, or a 4xx that no try again can change."""
+        answer = await self._exchange(call, stream, cost=cost, complex_call=False, journal=None, read=_read_answer)
+        if isinstance(answer, GaveUp):
+            return answer
+        _, response, tries = answer
+        return Answered(response=response, calls=tries.calls)
+
+    async def _exchange(
+        self,
+        call: Call,
+        stream: str,
+        *,
+        cost: int,
+        complex_call: bool,
+        journal: Callable[[], object] | None,
+        read: Callable[[HttpResponse], Records | Refused],
+    ) -> tuple[Records | Refused, HttpResponse, _Tries] | GaveUp:
+        """Try ``call`` until ``read`` makes a verdict of its response that is final (see ``send``)."""
         tries = _Tries()
         try:
             while True:
-                response, token = await self._try(call, cost, is_complex(target, count), tries, journal)
+                response, token = await self._try(call, cost, complex_call, tries, journal)
                 if isinstance(response, TransportError):
                     if not response.maybe_sent:
                         self._credits.refund(cost)  # it never reached Zoho: nothing was charged
@@ -260,7 +320,7 @@ class Sender:
                     continue
                 if response.credits_remaining is not None:
                     self.stats.credits_remaining = response.credits_remaining
-                verdict = interpret(response, count, related=target.is_related)
+                verdict = read(response)
                 if not (isinstance(verdict, Refused) and verdict.action is Action.REFRESH):
                     # The token was taken: only refusals of fresh tokens in a row say the credentials are
                     # wrong, not tokens that expired one by one over a long run of 429s and 5xx.
@@ -274,7 +334,7 @@ class Sender:
                 self.outage.answered(tries)
                 if isinstance(verdict, Records) or not await self._again(verdict, stream, cost, token, tries):
                     self._succeeded()
-                    return Sent(verdict=verdict, calls=tries.calls, ambiguous=tries.ambiguous)
+                    return verdict, response, tries
         finally:
             self.outage.leave(tries)
 

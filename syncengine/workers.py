@@ -56,10 +56,13 @@ _log = structlog.get_logger("syncengine.workers")
 
 
 class Sends(Protocol):
-    """What a Worker needs of its sender: ``Sender``, or ``DryRunSender`` for a dry run."""
+    """What a Worker needs of its sender: ``Sender`` (or ``ExternalUpdates`` in front of it), or
+    ``DryRunSender`` for a dry run."""
 
-    stats: CallStats
     stopping: anyio.Event | None
+
+    @property
+    def stats(self) -> CallStats: ...
 
     def send(
         self, payload: Payload, call: Call, stream: str, *, journal: Callable[[], object] | None = None
@@ -333,8 +336,8 @@ class Worker:
                     book.unsure.add(id(item))
                 retry.append(item)
                 continue
-            if not record.success and id(item) not in removed and _divisible(item) and record.code != "RECORD_LOCKED":
-                refused.append(item)  # (a lock is the record's, not a value's: its changes alone fare no better)
+            if not record.success and id(item) not in removed and _divisible(item) and record.code not in _WHOLE:
+                refused.append(item)  # (a lock or a key is the record's, not a value's: no change alone fares better)
                 continue
             status, code, message, note = Status.REJECTED, record.code, record.message, None
             if record.success:
@@ -433,6 +436,10 @@ def _superseded(outcome: Outcome) -> Outcome:
 def _links_superseded(item: PayloadItem) -> bool:
     """A delink record that carries links of the same relation read before it (superseded by it)."""
     return item.changes[-1].target.operation is Operation.DELETE_RELATED and net_start(item.changes) > 0
+
+
+# Refusals of a record that no part of its merged changes would escape: they are not re-sent without the last.
+_WHOLE = frozenset({"RECORD_LOCKED", "BAD_KEY"})
 
 
 def _divisible(item: PayloadItem) -> bool:

@@ -975,3 +975,15 @@ def test_secrets_repr_hides_values() -> None:
         for value in ("1000.CLIENTID", "s3cr3t", "1000.rt"):
             assert value not in text
     assert repr(secrets) == "Secrets(client_id=set, client_secret=***, refresh_token=***, access_token=unset)"
+
+
+def test_external_update_strategy(tmp_path: Path) -> None:
+    """external_update is auto unless set; only an update matched on a field takes it, only the four values."""
+    assert load(tmp_path, CRM + CONTACTS).streams[0].external_update == "auto"
+    for value in ("auto", "bulk", "resolve", "single"):
+        assert load(tmp_path, CRM + stream(external_update=f'"{value}"')).streams[0].external_update == value
+    wrong = error(tmp_path, CRM + stream(external_update='"search"'))
+    assert wrong.key == "streams[0] (contacts).external_update"
+    assert "'auto', 'bulk', 'resolve', 'single'" in wrong.expected
+    by_id = error(tmp_path, CRM + stream(match='{ column = "crm_id" }', external_update='"resolve"'))
+    assert by_id.key == "streams[0] (contacts).external_update" and "match.field" in by_id.expected

@@ -24,7 +24,7 @@ import syncengine
 LAYERS: dict[int, set[str]] = {
     0: {"__init__", "model", "errors"},  # plain values and the exception tree (the package re-exports a few)
     1: {"config", "ledger", "readers", "crm", "limits", "batcher", "unchanged", "mapping", "progress", "logs"},
-    2: {"sources", "plan", "control", "intake", "sender", "dryrun", "workers", "metrics"},
+    2: {"sources", "plan", "control", "intake", "sender", "dryrun", "external", "workers", "metrics"},
     3: {"pipeline"},
     4: {"runner", "demo", "cli", "__main__"},
 }

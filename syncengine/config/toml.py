@@ -53,7 +53,9 @@ _LEDGER_KEYS: Final = ("path",)
 _STREAM_KEYS: Final = (
     "name", "operation", "module", "source", "match", "fields", "related_list", "related_module",
     "parent", "duplicate_check_fields", "linger_ms", "batch_size", "max_deletes", "delete_when",
+    "external_update",
 )  # fmt: skip
+_EXTERNAL_UPDATES: Final = ("auto", "bulk", "resolve", "single")
 _DELETE_WHEN_KEYS: Final = ("column", "values")
 _CSV_KEYS: Final = ("kind", "path", "encoding", "delimiter", "quotechar", "empty")
 _JSONL_KEYS: Final = ("kind", "path", "encoding")
@@ -278,6 +280,7 @@ def _stream(file: str, index: int, data: dict[str, object], base: Path) -> Strea
     linger_ms = table.number("linger_ms", "a number of milliseconds >= 0", low=0, inclusive=True)
     delete_when = _delete_when(table, target)
     max_deletes = table.integer("max_deletes", 0, None, -1)
+    external_update = _external_update(table, operation, match)
     return StreamConfig(
         name=name,
         source=source,
@@ -289,7 +292,17 @@ def _stream(file: str, index: int, data: dict[str, object], base: Path) -> Strea
         linger=(200.0 if linger_ms is None else linger_ms) / 1000,
         max_deletes=None if max_deletes < 0 else max_deletes,
         delete_when=delete_when,
+        external_update=external_update,
     )
+
+
+def _external_update(table: Table, operation: Operation, match: KeyConfig) -> str:
+    """How updates by external value go out (``external.py``): only for update streams matched on a field."""
+    if "external_update" in table and (operation is not Operation.UPDATE or match.field is None):
+        raise table.error(
+            "external_update", "nothing: external_update is only for operation 'update' with a match.field"
+        )
+    return table.choice("external_update", _EXTERNAL_UPDATES, default="auto")
 
 
 def _related(table: Table, operation: Operation) -> tuple[str, str, KeyConfig]:

@@ -155,6 +155,7 @@ class StreamConfig:
     linger: float  # seconds
     max_deletes: int | None = None  # more deletes than this in one run stop the stream
     delete_when: DeleteWhen | None = None  # update_related: rows that say so become delinks
+    external_update: str = "auto"  # update by match.field: auto, bulk, resolve or single (external.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,7 +10,16 @@ import orjson
 
 from syncengine.model import JSON, Operation, Payload, PayloadItem, Target
 
-__all__ = ["Call", "build_call", "escaped_path_keys", "is_complex", "max_items", "single_form_only", "write_credits"]
+__all__ = [
+    "Call",
+    "build_call",
+    "build_single_update",
+    "escaped_path_keys",
+    "is_complex",
+    "max_items",
+    "single_form_only",
+    "write_credits",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,3 +144,19 @@ def build_call(payload: Payload, api_base: str, *, trigger: Sequence[str] | None
     assert not any(single_form_only(target, item.key) for item in payload.items), "a comma key goes alone"
     ids = ",".join(item.key for item in payload.items)
     return Call(method="DELETE", url=related, headers=no_body, params=(("ids", ids),))
+
+
+def build_single_update(payload: Payload, api_base: str, *, trigger: Sequence[str] | None = None) -> Call:
+    """Zoho's documented update by external value: ``PUT /{Module}/{ext}`` with ``X-EXTERNAL``, one record."""
+    target = payload.target
+    assert target.operation is Operation.UPDATE and target.match_field and len(payload.items) == 1
+    item = payload.items[0]
+    body: dict[str, JSON] = {"data": [dict(item.fields)]}
+    if trigger is not None:
+        body["trigger"] = list(trigger)
+    return Call(
+        method="PUT",
+        url=f"{api_base}/{_seg(target.module)}/{_seg(item.key)}",
+        headers=(("Content-Type", "application/json"), *_external_header(target)),
+        body=orjson.dumps(body),
+    )

@@ -27,12 +27,14 @@ __all__ = [
     "UNKNOWN_RESULT",
     "Verdict",
     "absent_relation",
+    "bad_key_result",
     "interpret",
     "match_related",
     "per_record",
     "relation_not_found",
     "removed_earlier",
     "splittable",
+    "unknown_external_value",
 ]
 
 # Request-level codes that say the stream's config is wrong: no retry and no other payload can succeed.
@@ -149,6 +151,20 @@ def absent_relation(verdict: Refused, related_field: str | None) -> RecordResult
         crm_id=None,
         relation_absent=True,
     )
+
+
+def unknown_external_value(field: str) -> RecordResult:
+    """What Zoho answers a record whose external value no record holds (the lookup found none)."""
+    message = "The value of the external field is invalid."
+    return RecordResult(
+        success=False, transient=False, code="INVALID_DATA", message=message, details={"api_name": field}, crm_id=None
+    )
+
+
+def bad_key_result(code: str, message: str, key: str) -> RecordResult:
+    """A record whose key, percent-encoded in the URL, Zoho could not route: that record is refused, BAD_KEY."""
+    text = f"{code}: {message} (the URL carries the key {key!r})"
+    return RecordResult(success=False, transient=False, code="BAD_KEY", message=text, details={}, crm_id=None)
 
 
 def _text(value: object, default: str = "") -> str:

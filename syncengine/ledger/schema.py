@@ -22,7 +22,7 @@ from typing import Final
 
 __all__ = ["SCHEMA_VERSION", "NewerSchema", "migrate"]
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 
 _V1: Final = """
 CREATE TABLE runs (
@@ -119,8 +119,31 @@ ALTER TABLE digests ADD COLUMN run_id INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE digests ADD COLUMN chain BLOB;
 """
 
+# Updates by external value through looked-up record ids (``external.py``): per org, module and external
+# field, the record id a value addresses, so a second run costs no lookups; and what the org answered
+# about a strategy (``bulk`` works or ``resolve`` is needed), so the next run starts with it.
+_V6: Final = """
+CREATE TABLE crm_ids (
+    org       TEXT NOT NULL,                    -- external.org_key(): API host and client, hashed
+    module    TEXT NOT NULL,
+    field     TEXT NOT NULL,
+    value     TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    seen_at   REAL NOT NULL,
+    PRIMARY KEY (org, module, field, value)
+) WITHOUT ROWID;
+
+CREATE TABLE org_facts (
+    org        TEXT NOT NULL,
+    name       TEXT NOT NULL,                   -- e.g. external_update:Contacts
+    value      TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (org, name)
+) WITHOUT ROWID;
+"""
+
 # Each entry takes the schema from version i to i + 1.
-_MIGRATIONS: Final = (_V1, _V2, _V3, _V4, _V5)
+_MIGRATIONS: Final = (_V1, _V2, _V3, _V4, _V5, _V6)
 
 
 class NewerSchema(Exception):

@@ -26,6 +26,7 @@ import orjson
 from syncengine.errors import LedgerError
 from syncengine.ledger.chains import Chain, chain_rows, load_chains, upsert_chains
 from syncengine.ledger.connection import transaction
+from syncengine.ledger.crmids import CrmIdStore
 from syncengine.ledger.reads import OUTCOME_SQL_COLUMNS, LedgerReads, filters
 from syncengine.ledger.summaries import count_run, snapshot, summary_from
 from syncengine.ledger.values import (
@@ -93,7 +94,7 @@ def _row(run_id: int, outcome: Outcome) -> tuple[object, ...]:
     )
 
 
-class SqliteLedger(LedgerReads):
+class SqliteLedger(LedgerReads, CrmIdStore):
     """The results ledger in one SQLite file: ``async with SqliteLedger(path) as ledger: ...``.
 
     Opening creates the file and its schema if needed and proves the file is a writable, unlocked ledger;

@@ -355,6 +355,10 @@ class SandboxState:
                 raise ValueError(f"seed: relation names {module} {some_id}, which is not a seeded record")
         self.link(spec.api_name, rid, rl, tid, rel.get("fields") or {}, log=False)
 
+    def remove(self, module: str, rid: str) -> None:
+        """A record deleted in the CRM (by a user, a merge): gone from its module and its indexes."""
+        self._drop(module, rid)
+
     def _drop(self, module: str, rid: str) -> None:
         rec = self.records[module].pop(rid)
         for name, by_value in self.index[module].items():
