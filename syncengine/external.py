@@ -348,14 +348,8 @@ class ExternalUpdates:
         results: list[RecordResult | None] = [None] * len(items)
         outcome = _Tally()
         unsafe = [k for k, item in enumerate(items) if not literal_safe(item.key)]
-        if unsafe:
-            singles = await self._singles(use, replace(payload, items=tuple(items[k] for k in unsafe)), stream, journal)
-            outcome.add(singles)
-            for k, record in zip(unsafe, _results(singles), strict=True):
-                results[k] = record
         fresh = False  # the ids come from COQL now, not the ledger
-        while any(r is None for r in results):
-            todo = [k for k, r in enumerate(results) if r is None]
+        while todo := [k for k, r in enumerate(results) if r is None and k not in unsafe]:
             found = await self._ids(use, payload.target, stream, [items[k].key for k in todo], fresh=fresh)
             sendable = [k for k in todo if items[k].key in found]
             for k in todo:
@@ -365,10 +359,12 @@ class ExternalUpdates:
                 break
             result = await self._by_id(payload, [items[k] for k in sendable], found, stream, journal)
             if not isinstance(result, Sent) or isinstance(result.verdict, Refused):
-                return result  # refused or gave up as a whole: the Worker splits or fails the payload
+                if not fresh:  # nothing of the payload was sent before: the Worker splits or fails it whole
+                    return result
+                result = _each(result, len(sendable))  # the first call's records have their answers
             outcome.add(result)
             stale: list[str] = []
-            for k, record in zip(sendable, result.verdict.results, strict=True):
+            for k, record in zip(sendable, _results(result), strict=True):
                 if _names_id(record.code, record.details) and not fresh:
                     stale.append(items[k].key)  # deleted or merged since it was looked up: once more
                 else:
@@ -376,6 +372,11 @@ class ExternalUpdates:
             if stale and self._store is not None:
                 await self._store.forget_ids(self._org, payload.target.module, payload.target.match_field or "", stale)
             fresh, journal = True, None  # the first call's journal line names every record of the payload
+        if unsafe:  # last, so that a payload refused whole above had nothing applied
+            singles = await self._singles(use, replace(payload, items=tuple(items[k] for k in unsafe)), stream, journal)
+            outcome.add(singles)
+            for k, record in zip(unsafe, _results(singles), strict=True):
+                results[k] = record
         return outcome.sent(_complete(results))
 
     async def _by_id(
@@ -495,6 +496,16 @@ class _Tally:
     def sent(self, results: tuple[RecordResult, ...]) -> Sent:
         return Sent(verdict=Records(http_status=self.http_status, results=results), calls=self.calls,
                     ambiguous=self.ambiguous)  # fmt: skip
+
+
+def _each(result: Sent | GaveUp, count: int) -> Sent:
+    """A call refused or given up as a whole, as the same answer for each of its ``count`` records."""
+    record = _from_call(result)
+    return Sent(
+        verdict=Records(http_status=400, results=(record,) * count),
+        calls=result.calls,
+        ambiguous=result.ambiguous,
+    )
 
 
 def _results(sent: Sent) -> tuple[RecordResult, ...]:

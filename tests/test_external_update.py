@@ -17,7 +17,10 @@ import pytest
 from syncengine.ledger import SqliteLedger
 from syncengine.model import Status
 from syncengine.sandbox import Sandbox, SandboxOptions
+from syncengine.sandbox.dispatch import Call
+from syncengine.sandbox.envelopes import Reply, request_error
 from tests.conftest import run, stat, write_config, write_csv
+from tests.zoho_readings import Scripted
 
 KNOWN = 230  # contacts the CRM holds, C0 .. C229
 
@@ -181,3 +184,29 @@ async def test_an_org_that_answered_bulk_before_and_now_wants_ids_is_followed(tm
         assert names(strict) == {f"C{i}": f"b-C{i}" for i in range(KNOWN)}
         assert fact(tmp_path) == ["resolve"]
         assert [r.strategy for r in result.external] == ["resolve"]
+
+
+async def test_a_resolved_payload_refused_whole_is_split_and_nothing_is_sent_twice(tmp_path: Path) -> None:
+    """The first update by id is refused as a whole (a 400 a record may cause): nothing of the payload was
+    applied yet (the value a COQL literal cannot carry goes last), so the Worker splits it, and every record,
+    O'Brien's single-form update included, is applied exactly once."""
+    refused: list[int] = []
+
+    def once(call: Call) -> Reply | None:
+        if call.route.kind == "update" and not refused:
+            refused.append(len(call.data))
+            return request_error(400, "INVALID_DATA", "invalid data")
+        return None
+
+    async with Scripted(SandboxOptions(strict=True, record_history=True), refuse=once) as sb:
+        seed(sb, 6)
+        sb.state.load({"records": {"Contacts": [{"External_Contact_ID": "O'Brien", "Last_Name": "x"}]}})
+        keys = [f"C{i}" for i in range(6)] + ["O'Brien"]
+        config = write_config(tmp_path / "c.toml", sb.url, [stream(export(tmp_path / "c.csv", keys, "s"), "resolve")])
+        result = await run(config)
+        got = await statuses(tmp_path, result.run_id)
+        applied = [h for h in sb.state.history if h.get("module") == "Contacts"]
+        assert result.summary.succeeded == 7, got
+        assert refused == [6] and stat(sb, "calls", "update_one") == 1
+        assert names(sb) == {k: f"s-{k}" for k in keys}
+        assert len(applied) == 7, applied  # each record written once
