@@ -66,6 +66,7 @@ _PERSISTENT_LOCK = "record_locking"
 UNKNOWN_RESULT = "UNKNOWN_RESULT"
 
 _JSON_PATH_INDEX = re.compile(r"^\$\.data\[(\d+)\]")
+_TITLE = re.compile(r"<title>([^<]{1,120})</title>", re.IGNORECASE)
 
 
 class Action(Enum):
@@ -342,9 +343,18 @@ def interpret(response: HttpResponse, count: int, *, related: bool = False) -> V
     message = _text(envelope.get("message"), response.body[:200].decode("utf-8", "replace"))
     details = _details(envelope.get("details"))
     action = _action(status, code, message, related)
+    if body is None and response.body and action is Action.REJECT:
+        # Zoho's API answers in JSON; a page (HTML from a proxy or load balancer) is the front end's, and says
+        # nothing about the records: it is tried again like a 5xx, never blamed on a record.
+        return Refused(http_status=status, action=Action.RETRY, code=code, message=_page(message), details={})
     if action is Action.REJECT and _names_config(details):
         action = Action.HALT
     return Refused(http_status=status, action=action, code=code, message=message, details=details)
+
+
+def _page(text: str) -> str:
+    title = _TITLE.search(text)
+    return "a non-JSON answer from the CRM's front end" + (f": {title.group(1).strip()}" if title else "")
 
 
 def _names_config(details: Mapping[str, JSON]) -> bool:

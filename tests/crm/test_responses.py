@@ -112,6 +112,17 @@ def test_html_error_page_is_handled() -> None:
     assert isinstance(verdict, Refused) and verdict.action is Action.RETRY and "Bad Gateway" in verdict.message
 
 
+@pytest.mark.parametrize("status", [400, 403, 404])
+def test_a_front_end_page_for_a_4xx_is_tried_again_never_blamed_on_a_record(status: int) -> None:
+    """Zoho's API answers JSON; an HTML 400 from a load balancer says nothing about the records (audit row 34)."""
+    page = b"<!DOCTYPE html><html><head><title>400 Bad Request</title></head><body>Try again later.</body></html>"
+    verdict = interpret(HttpResponse(status=status, body=page), 100)
+    assert isinstance(verdict, Refused) and verdict.action is Action.RETRY
+    assert verdict.code == f"HTTP_{status}" and verdict.message.endswith(": 400 Bad Request")
+    json_400 = interpret(response(400, {"code": "INVALID_DATA", "details": {}, "message": "m", "status": "error"}), 1)
+    assert isinstance(json_400, Refused) and json_400.action is Action.REJECT
+
+
 def test_response_repr_never_shows_the_body() -> None:
     """A token endpoint's body holds an access token: it must not reach a repr or a log line."""
     assert "1000.secret" not in repr(HttpResponse(status=200, body=b'{"access_token": "1000.secret"}'))
