@@ -340,11 +340,15 @@ def runs(config_file: Path | None, ledger_path: Path | None, limit: int) -> None
     help="The demo's config: its sandbox port, ledger and streams.",
 )
 @click.option("--contacts", default=5000, show_default=True, help="Contacts in the sample export.")
-def demo(workdir: Path, config_file: Path, contacts: int) -> None:
+@click.option(
+    "--strict", is_flag=True, help="Run the sandbox in its real-Zoho profile (as `syncengine sandbox --strict`)."
+)
+def demo(workdir: Path, config_file: Path, contacts: int, strict: bool) -> None:
     """Start the sandbox, write a sample ERP export, sync it with configs/demo.toml, and report."""
     from syncengine.demo import run_demo
 
-    sys.exit(run_demo(workdir=workdir, config_file=config_file, contacts=contacts, console=_console()))
+    code = run_demo(workdir=workdir, config_file=config_file, contacts=contacts, console=_console(), strict=strict)
+    sys.exit(code)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

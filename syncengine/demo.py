@@ -191,8 +191,9 @@ def _deal_id(i: int) -> str:
     return str(111111000004000000 + i)
 
 
-def run_demo(*, workdir: Path, config_file: Path, contacts: int, console: Console) -> int:
-    """Write the sample, start the sandbox where the config points, sync, and report. Returns the exit code."""
+def run_demo(*, workdir: Path, config_file: Path, contacts: int, console: Console, strict: bool = False) -> int:
+    """Write the sample, start the sandbox where the config points (``strict``: its real-Zoho profile), sync,
+    and report. Returns the exit code."""
     config = load_config(config_file)
     workdir.mkdir(parents=True, exist_ok=True)
     seed_file = write_sample(workdir, contacts=contacts)
@@ -200,7 +201,12 @@ def run_demo(*, workdir: Path, config_file: Path, contacts: int, console: Consol
         config.ledger.path.unlink()  # each demo starts from a clean ledger
     port = int(config.crm.api_domain.rsplit(":", 1)[1])
     options = SandboxOptions(
-        port=port, data_file=seed_file, concurrency=config.crm.concurrency, latency_ms=(20.0, 80.0), seed=1
+        port=port,
+        data_file=seed_file,
+        concurrency=config.crm.concurrency,
+        latency_ms=(20.0, 80.0),
+        seed=1,
+        strict=strict,
     )
     secrets = Secrets(
         client_id=options.client_id,
@@ -212,7 +218,8 @@ def run_demo(*, workdir: Path, config_file: Path, contacts: int, console: Consol
 
     async def main() -> int:
         async with Sandbox(options) as sandbox:
-            console.print(f"Sandbox (a Zoho CRM v7 emulator) at {sandbox.url}, seeded from {seed_file}")
+            profile = ", strict: the real-Zoho profile" if strict else ""
+            console.print(f"Sandbox (a Zoho CRM v7 emulator{profile}) at {sandbox.url}, seeded from {seed_file}")
             result = await run_with_progress(config, secrets, RunOptions(), console)
             (workdir / "crm-after.json").write_bytes(sandbox.state.dump_bytes())
         async with SqliteLedger(config.ledger.path) as ledger:

@@ -125,7 +125,7 @@ def json_lines(text: str) -> list[dict[str, Any]]:
         pytest.param(["runs"], ["--config", "--ledger", "--limit"], id="runs"),
         pytest.param(["retry"], ["RUN_ID", "--config", "--stream"], id="retry"),
         pytest.param(["sandbox"], ["--port", "--data", "--client-secret", "--refresh-token", "--seed"], id="sandbox"),
-        pytest.param(["demo"], ["--dir", "--config", "--contacts"], id="demo"),
+        pytest.param(["demo"], ["--dir", "--config", "--contacts", "--strict"], id="demo"),
     ],
 )
 def test_help_describes_the_options(tmp_path: Path, args: list[str], expected: list[str]) -> None:

@@ -4,7 +4,10 @@ The sandbox answers 5% of calls with 500, drops 2% of connections (half of them 
 locks 3% of records, takes 1-50 ms per call, issues access tokens that live 3 seconds, revokes every token
 now and then, and throws 429 storms (90% of calls refused for 0.3-0.5 s, about once a second).
 The run must still end with the CRM exactly in the expected state, one SUCCESS outcome per change, never
-more than one token refresh in flight, and never more calls in flight than configured.
+more than one token refresh in flight, and never more calls in flight than configured. It runs against both
+sandbox profiles: the default one and ``strict`` (the real-Zoho readings: bulk updates by external value
+refused for a missing id, so the engine switches to COQL lookups; related answers shuffled; HTML error pages
+for the 5% of calls that fail; mixed answers as 200; unknown fields refused).
 """
 
 from __future__ import annotations
@@ -109,8 +112,9 @@ def test_scenario_oracle_sees_every_kind_of_difference(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
 async def test_fault_suite_ends_in_the_expected_state(
-    tmp_path: Path, record_property: Callable[[str, object], None]
+    tmp_path: Path, record_property: Callable[[str, object], None], strict: bool
 ) -> None:
     """22,500 changes through 500s, drops, 429 storms, locks, latency and 3 s tokens: exact end state, all SUCCESS."""
     scenario = build_scenario(tmp_path / "data", seed=SEED)
@@ -124,6 +128,7 @@ async def test_fault_suite_ends_in_the_expected_state(
         latency_ms=(1.0, 50.0),
         token_ttl=3.0,
         refresh_limit=0,  # tokens that live 3 s need more than Zoho's 10 refreshes per 10 minutes
+        strict=strict,
     )
     async with Sandbox(options) as sb:
         sb.state.load(scenario.seed)
@@ -175,8 +180,11 @@ async def test_fault_suite_ends_in_the_expected_state(
         "lost": lost,
         "duplicated": duplicated,
         "elapsed_s": round(elapsed, 1),
+        "strict": strict,
+        "external_strategies": {e.stream: e.strategy for e in result.external},
+        "credits": result.credits,
     }
-    publish_figures("fault-suite", figures, tmp_path, record_property)
+    publish_figures("fault-suite-strict" if strict else "fault-suite", figures, tmp_path, record_property)
 
     # Every change is accounted for, once, and every one succeeded: the faults were all transient.
     assert s.adds_up and s.read == scenario.total, s
@@ -193,7 +201,10 @@ async def test_fault_suite_ends_in_the_expected_state(
     assert throttled["concurrency"] == 0
     assert stats["key_overlaps"] == 0
     # ... and the faults did happen.
-    for name in ("errors_500", "drops_before", "drops_after", "locks_injected", "tokens_expired_401"):
+    errors = "html_errors" if strict else "errors_500"  # strict answers the failing calls with HTML pages
+    for name in (errors, "drops_before", "drops_after", "locks_injected", "tokens_expired_401"):
         assert stats[name], f"no {name} injected: {stats}"
     assert throttled["random"] and storms.storms >= 1
     assert stat(stats, "refreshes") >= 1 + elapsed // 3
+    # Under strict the bulk form is refused for a missing id, and the updates by external value went by id.
+    assert {e.strategy for e in result.external} == {"resolve" if strict else "bulk"}, result.external

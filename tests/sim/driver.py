@@ -310,7 +310,9 @@ async def _do_step(spec: Spec, number: int, step: Step, sb: Sandbox, config: Con
 async def run_spec(spec: Spec, directory: Path) -> Outcome:
     """Run every step of ``spec`` against a fresh sandbox and ledger under ``directory``; return what was found."""
     out = Outcome()
-    options = SandboxOptions(seed=spec.seed, record_history=True, schema=SIM_SCHEMA, refresh_limit=0)
+    options = SandboxOptions(
+        seed=spec.seed, record_history=True, schema=SIM_SCHEMA, refresh_limit=0, strict=spec.strict
+    )
     names = sorted({name for step in spec.steps for name in step.exports})
     async with Sandbox(options) as sb:
         run = _Run(model=Model(spec))

@@ -95,6 +95,7 @@ class Spec:
     batch_size: int
     linger_ms: int
     steps: list[Step]
+    strict: bool = False  # the sandbox's real-Zoho profile (``SandboxOptions(strict=True)``)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -112,7 +113,7 @@ class Spec:
         lines = [
             f"seed={self.seed} contacts={self.contacts} leads={self.leads} deals={self.deals} "
             f"concurrency={self.concurrency} batch_size={self.batch_size} linger_ms={self.linger_ms} "
-            f"seeded_links={len(self.seeded_links)}"
+            f"seeded_links={len(self.seeded_links)} strict={self.strict}"
         ]
         for i, s in enumerate(self.steps):
             rows = {k: len(v) for k, v in s.exports.items()}
@@ -351,6 +352,7 @@ def generate(rng: random.Random, profile: Profile = DEFAULT) -> Spec:
         spec.steps.append(step)
         if step.flaky:
             spec.steps.append(Step(kind="retry"))
+    spec.strict = _chance(rng, 0.5)  # drawn last, so the rest of a seeded scenario is as it was
     _settle_refusals(spec)
     return spec
 
